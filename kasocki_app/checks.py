@@ -1,0 +1,71 @@
+"""Django system checks for the KASOCKI_* settings (``manage.py check``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.core.checks import Error, register
+from django.utils.module_loading import import_string
+
+from .conf import DEFAULTS, RESET_POLICIES, conf
+
+
+@register()
+def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
+    errors: list[Error] = []
+    config = getattr(settings, "KASOCKI_KAFKA_CONFIG", None)
+    if config is not None and (not isinstance(config, dict) or "bootstrap.servers" not in config):
+        errors.append(
+            Error(
+                "KASOCKI_KAFKA_CONFIG must be a dict of librdkafka settings with 'bootstrap.servers'.",
+                hint="For example {'bootstrap.servers': 'kafka1:9092'}.",
+                id="kasocki_app.E001",
+            )
+        )
+    topics = getattr(settings, "KASOCKI_ALLOWED_TOPICS", [])
+    if not isinstance(topics, (list, tuple)) or not all(isinstance(t, str) and t for t in topics):
+        errors.append(
+            Error(
+                "KASOCKI_ALLOWED_TOPICS must be a list of topic names.",
+                hint="For example ['recentchange', 'page-create'].",
+                id="kasocki_app.E002",
+            )
+        )
+    if conf.reset_policy not in RESET_POLICIES:
+        errors.append(
+            Error(
+                f"KASOCKI_RESET_POLICY must be one of {', '.join(RESET_POLICIES)}.",
+                hint="It says where to start when a requested offset is not in the log.",
+                id="kasocki_app.E003",
+            )
+        )
+    try:
+        builder = import_string(conf.message_builder)
+    except ImportError:
+        builder = None
+    if not callable(builder):
+        errors.append(
+            Error(
+                "KASOCKI_MESSAGE_BUILDER must be the dotted path of a callable.",
+                hint="The default is 'kasocki_app.messages.build_message'.",
+                id="kasocki_app.E004",
+            )
+        )
+    for name, default in DEFAULTS.items():
+        if isinstance(default, (int, float)) and not isinstance(default, bool):
+            value = getattr(settings, name, default)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                errors.append(
+                    Error(f"{name} must be a positive number.", hint=f"The default is {default}.", id="kasocki_app.E005")
+                )
+    origins = getattr(settings, "KASOCKI_ALLOWED_ORIGINS", [])
+    if not isinstance(origins, (list, tuple)) or not all(isinstance(o, str) for o in origins):
+        errors.append(
+            Error(
+                "KASOCKI_ALLOWED_ORIGINS must be a list of origins such as 'https://example.org'.",
+                hint="Leave it empty to allow the same origin only; '*' allows every origin.",
+                id="kasocki_app.E006",
+            )
+        )
+    return errors

@@ -1,0 +1,135 @@
+"""Kasocki's settings, read lazily from Django settings with defaults.
+
+Every name here is a Django setting; see the README's configuration reference.
+Reading lazily keeps ``override_settings`` working in tests.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+
+DEFAULTS: dict[str, Any] = {
+    # librdkafka configuration shared by every consumer and admin client.
+    "KASOCKI_KAFKA_CONFIG": None,  # None: {"bootstrap.servers": KAFKA_BOOTSTRAP_SERVERS}
+    "KASOCKI_ALLOWED_TOPICS": [],
+    "KASOCKI_RESET_POLICY": "latest",
+    "KASOCKI_MESSAGE_BUILDER": "kasocki_app.messages.build_message",
+    "KASOCKI_ALLOWED_ORIGINS": [],
+    "KASOCKI_WHITELIST_CACHE_SECONDS": 2.0,
+    "KASOCKI_METADATA_CACHE_SECONDS": 2.0,
+    "KASOCKI_KAFKA_TIMEOUT": 10.0,
+    "KASOCKI_CONSUMER_CLOSE_TIMEOUT": 5.0,
+    "KASOCKI_KAFKA_THREADS": 16,
+    "KASOCKI_CONSUME_BATCH_SIZE": 500,
+    "KASOCKI_POLL_INTERVAL_MAX": 0.05,
+    "KASOCKI_MAX_ASSIGNMENTS": 64,
+    "KASOCKI_MAX_PARTITIONS": 256,
+    "KASOCKI_MAX_FILTER_KEYS": 32,
+    "KASOCKI_MAX_FILTER_PATH_DEPTH": 16,
+    "KASOCKI_MAX_FILTER_LIST_LENGTH": 100,
+    "KASOCKI_MAX_PATTERN_LENGTH": 1000,
+    "KASOCKI_MAX_STRING_LENGTH": 4096,
+    "KASOCKI_MAX_PAYLOAD_BYTES": 100_000,
+    "KASOCKI_MAX_BATCH": 1000,
+}
+
+RESET_POLICIES = ("latest", "earliest")
+
+
+class Settings:
+    """Typed, lazily read view of the ``KASOCKI_*`` settings."""
+
+    def _get(self, name: str) -> Any:
+        return getattr(settings, name, DEFAULTS[name])
+
+    @property
+    def kafka_config(self) -> dict[str, Any]:
+        config = self._get("KASOCKI_KAFKA_CONFIG")
+        if config is None:
+            return {"bootstrap.servers": getattr(settings, "KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")}
+        return dict(config)
+
+    @property
+    def allowed_topics(self) -> list[str]:
+        return list(self._get("KASOCKI_ALLOWED_TOPICS"))
+
+    @property
+    def reset_policy(self) -> str:
+        return str(self._get("KASOCKI_RESET_POLICY"))
+
+    @property
+    def message_builder(self) -> str:
+        return str(self._get("KASOCKI_MESSAGE_BUILDER"))
+
+    @property
+    def allowed_origins(self) -> list[str]:
+        return list(self._get("KASOCKI_ALLOWED_ORIGINS"))
+
+    @property
+    def whitelist_cache_seconds(self) -> float:
+        return float(self._get("KASOCKI_WHITELIST_CACHE_SECONDS"))
+
+    @property
+    def metadata_cache_seconds(self) -> float:
+        return float(self._get("KASOCKI_METADATA_CACHE_SECONDS"))
+
+    @property
+    def kafka_timeout(self) -> float:
+        return float(self._get("KASOCKI_KAFKA_TIMEOUT"))
+
+    @property
+    def consumer_close_timeout(self) -> float:
+        return float(self._get("KASOCKI_CONSUMER_CLOSE_TIMEOUT"))
+
+    @property
+    def kafka_threads(self) -> int:
+        return int(self._get("KASOCKI_KAFKA_THREADS"))
+
+    @property
+    def consume_batch_size(self) -> int:
+        return int(self._get("KASOCKI_CONSUME_BATCH_SIZE"))
+
+    @property
+    def poll_interval_max(self) -> float:
+        return float(self._get("KASOCKI_POLL_INTERVAL_MAX"))
+
+    @property
+    def max_assignments(self) -> int:
+        return int(self._get("KASOCKI_MAX_ASSIGNMENTS"))
+
+    @property
+    def max_partitions(self) -> int:
+        return int(self._get("KASOCKI_MAX_PARTITIONS"))
+
+    @property
+    def max_filter_keys(self) -> int:
+        return int(self._get("KASOCKI_MAX_FILTER_KEYS"))
+
+    @property
+    def max_filter_path_depth(self) -> int:
+        return int(self._get("KASOCKI_MAX_FILTER_PATH_DEPTH"))
+
+    @property
+    def max_filter_list_length(self) -> int:
+        return int(self._get("KASOCKI_MAX_FILTER_LIST_LENGTH"))
+
+    @property
+    def max_pattern_length(self) -> int:
+        return int(self._get("KASOCKI_MAX_PATTERN_LENGTH"))
+
+    @property
+    def max_string_length(self) -> int:
+        return int(self._get("KASOCKI_MAX_STRING_LENGTH"))
+
+    @property
+    def max_payload_bytes(self) -> int:
+        return int(self._get("KASOCKI_MAX_PAYLOAD_BYTES"))
+
+    @property
+    def max_batch(self) -> int:
+        return int(self._get("KASOCKI_MAX_BATCH"))
+
+
+conf = Settings()

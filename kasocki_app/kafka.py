@@ -1,0 +1,209 @@
+"""Everything that talks to Kafka: a shared admin client, offset lookups and per-connection consumers.
+
+librdkafka calls that wait on the network run in one bounded thread pool with a
+timeout, never on the event loop. The only call made on the loop is
+``consume(timeout=0)``, which drains librdkafka's local prefetch queue (filled
+by librdkafka's own threads) and returns at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
+from confluent_kafka import KafkaError as RdKafkaError
+from confluent_kafka.admin import AdminClient, OffsetSpec
+
+from .conf import conf
+from .exceptions import KafkaError
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# One fixed group id: librdkafka wants one even for assign(). The service never
+# calls subscribe() and never commits or stores offsets, so the group never gets
+# members or committed offsets on the broker.
+GROUP_ID = "kasocki"
+
+# Settings no deployment may override: they keep Kafka's state untouched.
+CONSUMER_OVERRIDES: dict[str, Any] = {
+    "group.id": GROUP_ID,
+    "enable.auto.commit": False,
+    "enable.auto.offset.store": False,
+    "enable.partition.eof": False,
+}
+
+# Defaults tuned for many small consumers in one process (each can be overridden
+# in KASOCKI_KAFKA_CONFIG). librdkafka prefetches up to queued.max.messages.kbytes
+# (64 MB by default) per consumer: with hundreds of clients that is gigabytes, so
+# keep 2 MB, enough for several large fetches. queued.min.messages (default 100k)
+# is lowered to match. fetch.max.bytes bounds one fetch response (default 50 MB).
+CONSUMER_DEFAULTS: dict[str, Any] = {
+    "client.id": "kasocki",
+    "queued.max.messages.kbytes": 2048,
+    "queued.min.messages": 2000,
+    "fetch.max.bytes": 2 * 1024 * 1024,
+    "socket.nagle.disable": True,
+    "enable.metrics.push": False,
+}
+
+_executor: concurrent.futures.ThreadPoolExecutor | None = None
+_executor_lock = threading.Lock()
+
+
+def executor() -> concurrent.futures.ThreadPoolExecutor:
+    """The process-wide bounded pool for blocking librdkafka calls."""
+    global _executor
+    with _executor_lock:
+        if _executor is None:
+            _executor = concurrent.futures.ThreadPoolExecutor(
+                max_workers=conf.kafka_threads, thread_name_prefix="kasocki-kafka"
+            )
+        return _executor
+
+
+async def run_blocking(func: Callable[..., T], *args: Any, timeout: float | None = None) -> T:
+    """Run a blocking librdkafka call in the pool; raise KafkaError after ``timeout`` seconds."""
+    timeout = conf.kafka_timeout if timeout is None else timeout
+    future = asyncio.get_running_loop().run_in_executor(executor(), func, *args)
+    try:
+        return await asyncio.wait_for(future, timeout)
+    except TimeoutError:
+        raise KafkaError(f"Kafka did not answer within {timeout:g}s", code="_TIMED_OUT") from None
+    except KafkaException as exc:
+        raise kafka_error(exc) from None
+
+
+def kafka_error(exc: KafkaException | RdKafkaError) -> KafkaError:
+    """A client-visible KafkaError named after librdkafka's error code."""
+    error = exc.args[0] if isinstance(exc, KafkaException) and exc.args else exc
+    if isinstance(error, RdKafkaError):
+        return KafkaError(error.str(), code=error.name())
+    return KafkaError(str(error), code="_UNKNOWN")
+
+
+def consumer_config() -> dict[str, Any]:
+    config = {**CONSUMER_DEFAULTS, **conf.kafka_config, **CONSUMER_OVERRIDES}
+    config["auto.offset.reset"] = conf.reset_policy
+    return config
+
+
+class Cluster:
+    """Process-wide admin client with a short-lived cache of topic metadata."""
+
+    def __init__(self) -> None:
+        self._admin: AdminClient | None = None
+        self._lock = threading.Lock()
+        self._topics: dict[str, int] = {}
+        self._topics_at = 0.0
+
+    def admin(self) -> AdminClient:
+        with self._lock:
+            if self._admin is None:
+                config = {**conf.kafka_config, "client.id": "kasocki-admin"}
+                self._admin = AdminClient(config)
+            return self._admin
+
+    def reset(self) -> None:
+        """Forget the admin client and cache (when the settings change)."""
+        with self._lock:
+            self._admin = None
+            self._topics_at = 0.0
+
+    def _fetch_topics(self) -> dict[str, int]:
+        metadata = self.admin().list_topics(timeout=conf.kafka_timeout)
+        return {
+            name: len(topic.partitions)
+            for name, topic in metadata.topics.items()
+            if topic.error is None and not name.startswith("__")
+        }
+
+    async def topics(self, fresh: bool = False) -> dict[str, int]:
+        """Topic name to partition count, for every non-internal topic of the cluster."""
+        if fresh or time.monotonic() - self._topics_at > conf.metadata_cache_seconds:
+            self._topics = await run_blocking(self._fetch_topics)
+            self._topics_at = time.monotonic()
+        return self._topics
+
+    async def watermarks(self, partitions: list[tuple[str, int]]) -> dict[tuple[str, int], tuple[int, int]]:
+        """(earliest, latest) offsets of each partition."""
+
+        def lookup() -> dict[tuple[str, int], tuple[int, int]]:
+            earliest = self._list_offsets({(t, p): OffsetSpec.earliest() for t, p in partitions})
+            latest = self._list_offsets({(t, p): OffsetSpec.latest() for t, p in partitions})
+            return {tp: (earliest[tp], latest[tp]) for tp in partitions}
+
+        return await run_blocking(lookup)
+
+    async def offsets_for_times(self, queries: dict[tuple[str, int], int]) -> dict[tuple[str, int], int]:
+        """First offset at or after each timestamp (epoch ms); -1 where no such message exists."""
+        return await run_blocking(self._list_offsets, {tp: OffsetSpec.for_timestamp(ms) for tp, ms in queries.items()})
+
+    def _list_offsets(self, specs: dict[tuple[str, int], OffsetSpec]) -> dict[tuple[str, int], int]:
+        if not specs:
+            return {}
+        request = {TopicPartition(t, p): spec for (t, p), spec in specs.items()}
+        futures = self.admin().list_offsets(request, request_timeout=conf.kafka_timeout)
+        return {(tp.topic, tp.partition): future.result().offset for tp, future in futures.items()}
+
+
+cluster = Cluster()
+
+
+class KafkaSource:
+    """One connection's Kafka consumer: assigned partitions only, no group, no commits."""
+
+    def __init__(self, consumer: Consumer) -> None:
+        self._consumer = consumer
+        self._errors: deque[KafkaError] = deque(maxlen=100)
+        self._closed = False
+
+    @classmethod
+    async def create(cls) -> KafkaSource:
+        errors: deque[KafkaError] = deque(maxlen=100)
+
+        def on_error(error: RdKafkaError) -> None:
+            # Called from inside consume(); the stream loop reports these to the client.
+            logger.warning("kafka consumer error: %s", error)
+            errors.append(kafka_error(error))
+
+        config = consumer_config()
+        config["error_cb"] = on_error
+        consumer = await run_blocking(lambda: Consumer(config, logger=logging.getLogger("kasocki_app.librdkafka")))
+        source = cls(consumer)
+        source._errors = errors
+        return source
+
+    async def assign(self, positions: list[tuple[str, int, int]]) -> None:
+        """Start reading each (topic, partition) at the given concrete offset."""
+        await run_blocking(self._consumer.assign, [TopicPartition(t, p, o) for t, p, o in positions])
+
+    def poll(self, max_messages: int) -> list[Message]:
+        """Records already prefetched by librdkafka, without waiting (safe on the event loop)."""
+        if self._closed:
+            return []
+        return self._consumer.consume(max_messages, timeout=0)
+
+    def take_errors(self) -> list[KafkaError]:
+        errors = list(self._errors)
+        self._errors.clear()
+        return errors
+
+    async def close(self) -> bool:
+        """Close off the loop; False when librdkafka did not finish in time (the handle is abandoned)."""
+        if self._closed:
+            return True
+        self._closed = True
+        try:
+            await run_blocking(self._consumer.close, timeout=conf.consumer_close_timeout)
+        except KafkaError as exc:
+            logger.warning("abandoned a Kafka consumer whose close failed: %s", exc.message)
+            return False
+        return True

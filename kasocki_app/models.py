@@ -1,0 +1,26 @@
+"""The topic whitelist that operators edit in the Django admin."""
+
+from __future__ import annotations
+
+from django.core.validators import RegexValidator
+from django.db import models
+
+# Kafka's rule for topic names: at most 249 of [a-zA-Z0-9._-].
+topic_name_validator = RegexValidator(r"^[a-zA-Z0-9._-]{1,249}$", "Kafka topic names use only a-z, A-Z, 0-9, '.', '_', '-'.")
+
+
+class WhitelistedTopic(models.Model):
+    """A Kafka topic that socket.io clients may read (together with KASOCKI_ALLOWED_TOPICS)."""
+
+    topic = models.CharField(max_length=249, unique=True, validators=[topic_name_validator])
+    enabled = models.BooleanField(default=True, help_text="Disabled entries are ignored.")
+    description = models.TextField(blank=True)
+    created = models.DateTimeField(auto_now_add=True)
+    updated = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["topic"]
+        verbose_name = "whitelisted topic"
+
+    def __str__(self) -> str:
+        return self.topic

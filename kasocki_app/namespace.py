@@ -1,0 +1,87 @@
+"""Socket.IO event handlers: translate client events into Connection calls and errors into acks."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import socketio
+
+from .exceptions import InternalError, InvalidArgumentError, KasockiError, UnknownEventError
+from .service import Connection, Service
+
+logger = logging.getLogger(__name__)
+
+CLIENT_EVENTS = frozenset({"subscribe", "filter", "consume", "start", "stop"})
+# Names socket.io uses for its own lifecycle: a client sending them as events is refused.
+LIFECYCLE_EVENTS = frozenset({"connect", "disconnect"})
+
+Ack = tuple[dict[str, Any] | None, Any]
+
+
+class KasockiNamespace(socketio.AsyncNamespace):
+    """The Kasocki protocol on one socket.io namespace; per-client state lives in ``service``."""
+
+    def __init__(self, service: Service, namespace: str = "/") -> None:
+        super().__init__(namespace)
+        self.service = service
+
+    async def trigger_event(self, event: Any, *args: Any) -> Any:
+        if isinstance(event, str):
+            if event in CLIENT_EVENTS:
+                return await super().trigger_event(event, *args)
+            if event in LIFECYCLE_EVENTS and not self.server.manager.is_connected(args[0], self.namespace):
+                return await super().trigger_event(event, *args)
+        name = str(event)[:64]
+        return await self._handle(args[0], name, lambda c: _raise(UnknownEventError(f"unknown event {name!r}")))
+
+    async def on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
+        connection = self.service.open(sid, emit=lambda event, data: self.emit(event, data, to=sid))
+        connection.spawn(connection.send_ready())
+
+    async def on_disconnect(self, sid: str, reason: Any = None) -> None:
+        await self.service.close(sid)
+
+    async def on_subscribe(self, sid: str, *args: Any) -> Ack:
+        return await self._handle(sid, "subscribe", lambda c: c.subscribe(_one_arg("subscribe", args)))
+
+    async def on_filter(self, sid: str, *args: Any) -> Ack:
+        return await self._handle(sid, "filter", lambda c: c.set_filter(_one_arg("filter", args)))
+
+    async def on_consume(self, sid: str, *args: Any) -> Ack:
+        return await self._handle(sid, "consume", lambda c: c.consume())
+
+    async def on_start(self, sid: str, *args: Any) -> Ack:
+        return await self._handle(sid, "start", lambda c: c.start(_one_arg("start", args)))
+
+    async def on_stop(self, sid: str, *args: Any) -> Ack:
+        return await self._handle(sid, "stop", lambda c: c.stop())
+
+    async def _handle(self, sid: str, event: str, action: Callable[[Connection], Any]) -> Ack | None:
+        """Run ``action``; a failure becomes the ack's error and an ``err`` event."""
+        connection = self.service.get(sid)
+        if connection is None:
+            return None
+        async with connection.handling():
+            try:
+                result = action(connection)
+                if inspect.isawaitable(result):
+                    result = await result
+                return None, result
+            except KasockiError as exc:
+                return await connection.report(exc, event), None
+            except Exception:
+                logger.exception("sid %s: %s failed", sid, event)
+                return await connection.report(InternalError(f"{event} failed"), event), None
+
+
+def _one_arg(event: str, args: tuple[Any, ...]) -> Any:
+    if len(args) > 1:
+        raise InvalidArgumentError(f"{event} takes one argument, got {len(args)}")
+    return args[0] if args else None
+
+
+def _raise(error: KasockiError) -> Any:
+    raise error

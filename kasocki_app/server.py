@@ -1,0 +1,40 @@
+"""Builds the socket.io server and the ASGI application that serves it beside Django."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import socketio
+
+from . import jsonshim
+from .conf import conf
+from .namespace import KasockiNamespace
+from .service import Service
+
+
+def cors_origins() -> str | list[str] | None:
+    """engine.io's origin check: None is same-origin only; an empty list would turn the check off."""
+    origins = conf.allowed_origins
+    if not origins:
+        return None
+    if "*" in origins:
+        return "*"
+    return origins
+
+
+def build_server(service: Service | None = None) -> socketio.AsyncServer:
+    sio = socketio.AsyncServer(
+        async_mode="asgi",
+        json=jsonshim,
+        cors_allowed_origins=cors_origins(),
+        max_http_buffer_size=conf.max_payload_bytes,
+        logger=False,
+        engineio_logger=False,
+    )
+    sio.register_namespace(KasockiNamespace(service or Service()))
+    return sio
+
+
+def build_asgi_application(django_application: Any, sio: socketio.AsyncServer | None = None) -> socketio.ASGIApp:
+    """socket.io at /socket.io/, every other request to ``django_application``."""
+    return socketio.ASGIApp(sio or build_server(), other_asgi_app=django_application, socketio_path="socket.io")

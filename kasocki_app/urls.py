@@ -1,0 +1,12 @@
+"""Routes the app adds to a project: health checks (and the viewer page)."""
+
+from django.urls import path
+
+from . import views
+
+app_name = "kasocki"
+
+urlpatterns = [
+    path("healthz", views.healthz, name="healthz"),
+    path("readyz", views.readyz, name="readyz"),
+]

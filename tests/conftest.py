@@ -1,0 +1,90 @@
+"""Fixtures: a real Kafka broker, unique topics, the live ASGI server and socket.io clients."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.conf import settings as django_settings
+
+from tests.clients import RecordingClient
+from tests.kafka_harness import KafkaForTests, start_or_reuse_broker
+from tests.live_server import LiveServer
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(tmp_path_factory: pytest.TempPathFactory) -> None:
+    # A file, not SQLite's in-memory database: the live server's threads must see the test's rows.
+    db = django_settings.DATABASES["default"]
+    if db["ENGINE"].endswith("sqlite3"):
+        db.setdefault("TEST", {})["NAME"] = str(Path(tmp_path_factory.mktemp("db")) / "test.sqlite3")
+
+
+@pytest.fixture(scope="session")
+def kafka() -> Iterator[KafkaForTests]:
+    """The session's broker, with helpers to create topics and produce records."""
+    from kasocki_app.kafka import cluster
+
+    bootstrap, stop = start_or_reuse_broker()
+    try:
+        helper = KafkaForTests(bootstrap)
+        helper.wait_ready()
+        django_settings.KAFKA_BOOTSTRAP_SERVERS = bootstrap
+        django_settings.KASOCKI_KAFKA_CONFIG = {"bootstrap.servers": bootstrap}
+        cluster.reset()
+        yield helper
+    finally:
+        if stop is not None:
+            stop()
+
+
+@pytest.fixture
+def make_topic(kafka: KafkaForTests) -> Iterator[Callable[..., str]]:
+    """Create uniquely named topics (deleted after the test)."""
+    created: list[str] = []
+
+    def make(partitions: int = 1) -> str:
+        name = kafka.create_topic(partitions)
+        created.append(name)
+        return name
+
+    yield make
+    kafka.delete_topics(created)
+
+
+@pytest.fixture
+def allow(settings: Any) -> Callable[..., None]:
+    """Allow topics through KASOCKI_ALLOWED_TOPICS for this test."""
+
+    def allow_topics(*names: str) -> None:
+        settings.KASOCKI_ALLOWED_TOPICS = [*getattr(settings, "KASOCKI_ALLOWED_TOPICS", []), *names]
+
+    return allow_topics
+
+
+@pytest.fixture(scope="session")
+def asgi_server(kafka: KafkaForTests, django_db_setup: Any, django_db_blocker: Any) -> Iterator[LiveServer]:
+    """The project's full ASGI application (Django + socket.io) on a free port."""
+    from kasocki_project.asgi import application
+
+    with django_db_blocker.unblock():
+        server = LiveServer(application).start()
+        yield server
+        server.stop()
+
+
+@pytest.fixture
+async def connect(asgi_server: LiveServer) -> AsyncIterator[Callable[..., Awaitable[RecordingClient]]]:
+    """Connect socket.io clients to the live server (disconnected after the test)."""
+    clients: list[RecordingClient] = []
+
+    async def connect_client(transports: list[str] | None = None, **options: Any) -> RecordingClient:
+        client = RecordingClient(**options)
+        clients.append(client)
+        return await client.connect(asgi_server.url, transports=transports)
+
+    yield connect_client
+    for client in clients:
+        await client.close()

@@ -1,0 +1,129 @@
+"""A real Kafka broker for the tests: reuse KAFKA_BOOTSTRAP_SERVERS when reachable, else start one."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import socket
+import sys
+import time
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import orjson
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def load_broker_script() -> Any:
+    spec = importlib.util.spec_from_file_location("kasocki_kafka_script", ROOT / "scripts" / "kafka.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def reachable(bootstrap: str, timeout: float = 1.0) -> bool:
+    host, _, port = bootstrap.split(",")[0].rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+class KafkaForTests:
+    """Topic and record helpers over one broker."""
+
+    def __init__(self, bootstrap: str) -> None:
+        self.bootstrap = bootstrap
+        self.admin = AdminClient({"bootstrap.servers": bootstrap})
+        self.producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 1, "acks": "all"})
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.admin.list_topics(timeout=5)
+                return
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
+    def create_topic(self, partitions: int = 1, prefix: str = "test") -> str:
+        name = f"{prefix}-{uuid.uuid4().hex[:12]}"
+        futures = self.admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])
+        futures[name].result(30)
+        self.wait_for_topic(name, partitions)
+        return name
+
+    def wait_for_topic(self, name: str, partitions: int, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            topic = self.admin.list_topics(topic=name, timeout=10).topics.get(name)
+            if topic is not None and topic.error is None and len(topic.partitions) == partitions:
+                if all(p.leader >= 0 for p in topic.partitions.values()):
+                    return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"topic {name} did not appear")
+            time.sleep(0.05)
+
+    def delete_topics(self, names: Iterable[str]) -> None:
+        names = list(names)
+        if not names:
+            return
+        for future in self.admin.delete_topics(names, operation_timeout=30).values():
+            try:
+                future.result(30)
+            except Exception:
+                pass
+
+    def produce(
+        self,
+        topic: str,
+        values: Iterable[Any],
+        *,
+        partition: int | None = None,
+        key: str | bytes | None = None,
+        timestamp: int | None = None,
+    ) -> list[tuple[int, int]]:
+        """Produce values (dicts become JSON, bytes go as they are); returns (partition, offset) of each."""
+        delivered: list[tuple[int, int]] = []
+        errors: list[Any] = []
+
+        def on_delivery(err: Any, msg: Any) -> None:
+            if err is not None:
+                errors.append(err)
+            else:
+                delivered.append((msg.partition(), msg.offset()))
+
+        for value in values:
+            raw = value if isinstance(value, (bytes, type(None))) else orjson.dumps(value)
+            kwargs: dict[str, Any] = {"value": raw, "on_delivery": on_delivery}
+            if partition is not None:
+                kwargs["partition"] = partition
+            if key is not None:
+                kwargs["key"] = key
+            if timestamp is not None:
+                kwargs["timestamp"] = timestamp
+            self.producer.produce(topic, **kwargs)
+        remaining = self.producer.flush(30)
+        assert remaining == 0 and not errors, f"produce failed: {errors}"
+        return delivered
+
+
+def start_or_reuse_broker() -> tuple[str, Any]:
+    """(bootstrap, stop callable or None)."""
+    configured = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if configured and reachable(configured):
+        return configured, None
+    script = load_broker_script()
+    name = f"pytest-{os.getpid()}"
+    broker = script.start(name)
+    return broker.bootstrap, lambda: script.stop(name)
