@@ -57,7 +57,9 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
             value = getattr(settings, name, default)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
                 errors.append(
-                    Error(f"{name} must be a positive number.", hint=f"The default is {default}.", id="kasocki_app.E005")
+                    Error(
+                        f"{name} must be a positive number.", hint=f"The default is {default}.", id="kasocki_app.E005"
+                    )
                 )
     origins = getattr(settings, "KASOCKI_ALLOWED_ORIGINS", [])
     if not isinstance(origins, (list, tuple)) or not all(isinstance(o, str) for o in origins):

@@ -41,7 +41,8 @@ def compile_filters(filters: Any) -> tuple[dict[str, Any] | None, Predicate | No
     checks = [_compile_entry(key, value) for key, value in filters.items()]
 
     def predicate(message: Any) -> bool:
-        for check in checks:
+        # A plain loop: measurably faster than all() over a generator on the per-message path.
+        for check in checks:  # noqa: SIM110
             if not check(message):
                 return False
         return True

@@ -102,7 +102,8 @@ class Cluster:
         self._admin: AdminClient | None = None
         self._lock = threading.Lock()
         self._topics: dict[str, int] = {}
-        self._topics_at = 0.0
+        self._topics_at = float("-inf")
+        self._inflight: concurrent.futures.Future[dict[str, int]] | None = None
 
     def admin(self) -> AdminClient:
         with self._lock:
@@ -115,22 +116,37 @@ class Cluster:
         """Forget the admin client and cache (when the settings change)."""
         with self._lock:
             self._admin = None
-            self._topics_at = 0.0
+            self._topics_at = float("-inf")
 
     def _fetch_topics(self) -> dict[str, int]:
         metadata = self.admin().list_topics(timeout=conf.kafka_timeout)
-        return {
+        topics = {
             name: len(topic.partitions)
             for name, topic in metadata.topics.items()
             if topic.error is None and not name.startswith("__")
         }
+        self._topics, self._topics_at = topics, time.monotonic()
+        return topics
 
     async def topics(self, fresh: bool = False) -> dict[str, int]:
-        """Topic name to partition count, for every non-internal topic of the cluster."""
-        if fresh or time.monotonic() - self._topics_at > conf.metadata_cache_seconds:
-            self._topics = await run_blocking(self._fetch_topics)
-            self._topics_at = time.monotonic()
-        return self._topics
+        """Topic name to partition count, for every non-internal topic of the cluster.
+
+        ``fresh`` skips the cache. Concurrent lookups share one metadata request,
+        so a burst of connections costs the broker one request, not one each.
+        """
+        if not fresh and time.monotonic() - self._topics_at <= conf.metadata_cache_seconds:
+            return self._topics
+        with self._lock:
+            if self._inflight is None or self._inflight.done():
+                self._inflight = executor().submit(self._fetch_topics)
+            inflight = self._inflight
+        try:
+            # shield: one caller's cancellation must not cancel the lookup the others share.
+            return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(inflight)), conf.kafka_timeout)
+        except TimeoutError:
+            raise KafkaError(f"Kafka did not answer within {conf.kafka_timeout:g}s", code="_TIMED_OUT") from None
+        except KafkaException as exc:
+            raise kafka_error(exc) from None
 
     async def watermarks(self, partitions: list[tuple[str, int]]) -> dict[tuple[str, int], tuple[int, int]]:
         """(earliest, latest) offsets of each partition."""
@@ -157,10 +173,23 @@ class Cluster:
 cluster = Cluster()
 
 
+def _close_when_created(future: asyncio.Future[Consumer]) -> None:
+    if not future.cancelled() and future.exception() is None:
+        executor().submit(future.result().close)
+
+
+class ConsumerCounts:
+    """How many consumers this process has open, and how many it had to abandon."""
+
+    open = 0
+    abandoned = 0
+
+
 class KafkaSource:
     """One connection's Kafka consumer: assigned partitions only, no group, no commits."""
 
     def __init__(self, consumer: Consumer) -> None:
+        ConsumerCounts.open += 1
         self._consumer = consumer
         self._errors: deque[KafkaError] = deque(maxlen=100)
         self._closed = False
@@ -176,7 +205,17 @@ class KafkaSource:
 
         config = consumer_config()
         config["error_cb"] = on_error
-        consumer = await run_blocking(lambda: Consumer(config, logger=logging.getLogger("kasocki_app.librdkafka")))
+        future = asyncio.get_running_loop().run_in_executor(
+            executor(), lambda: Consumer(config, logger=logging.getLogger("kasocki_app.librdkafka"))
+        )
+        try:
+            consumer = await asyncio.wait_for(asyncio.shield(future), conf.kafka_timeout)
+        except BaseException as exc:
+            # Cancelled or timed out while librdkafka was still creating it: close it once it exists.
+            future.add_done_callback(_close_when_created)
+            if isinstance(exc, TimeoutError):
+                raise KafkaError("creating a Kafka consumer timed out", code="_TIMED_OUT") from None
+            raise
         source = cls(consumer)
         source._errors = errors
         return source
@@ -201,9 +240,11 @@ class KafkaSource:
         if self._closed:
             return True
         self._closed = True
+        ConsumerCounts.open -= 1
         try:
             await run_blocking(self._consumer.close, timeout=conf.consumer_close_timeout)
         except KafkaError as exc:
+            ConsumerCounts.abandoned += 1
             logger.warning("abandoned a Kafka consumer whose close failed: %s", exc.message)
             return False
         return True

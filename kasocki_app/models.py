@@ -6,7 +6,9 @@ from django.core.validators import RegexValidator
 from django.db import models
 
 # Kafka's rule for topic names: at most 249 of [a-zA-Z0-9._-].
-topic_name_validator = RegexValidator(r"^[a-zA-Z0-9._-]{1,249}$", "Kafka topic names use only a-z, A-Z, 0-9, '.', '_', '-'.")
+topic_name_validator = RegexValidator(
+    r"^[a-zA-Z0-9._-]{1,249}$", "Kafka topic names use only a-z, A-Z, 0-9, '.', '_', '-'."
+)
 
 
 class WhitelistedTopic(models.Model):

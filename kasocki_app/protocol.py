@@ -92,7 +92,7 @@ def parse_start(arg: Any) -> StartOptions:
     if arg is None:
         return StartOptions()
     if not isinstance(arg, dict) or set(arg) - {"batch"}:
-        raise InvalidArgumentError("start takes null or {\"batch\": N}")
+        raise InvalidArgumentError('start takes null or {"batch": N}')
     batch = arg.get("batch")
     if batch is None:
         return StartOptions()

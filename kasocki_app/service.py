@@ -130,7 +130,7 @@ class Connection:
     async def send_ready(self) -> None:
         """Tell the client which topics it may subscribe to."""
         try:
-            available = await topics.available_topics()
+            available = await topics.available_topics(fresh=True)
         except KafkaError as exc:
             await self.report(exc, "connect")
             available = {}
@@ -257,7 +257,11 @@ class Connection:
         self.skipped[reason] += 1
         logger.warning(
             "sid %s skipped %s message at %s/%s/%s",
-            self.sid, reason, record.topic(), record.partition(), record.offset(),
+            self.sid,
+            reason,
+            record.topic(),
+            record.partition(),
+            record.offset(),
         )
         return None
 
@@ -304,8 +308,7 @@ class Connection:
         """Check access and partitions, then turn each request into concrete starting offsets."""
         available = await topics.available_topics()
         if any(r.topic not in available for r in requests):
-            cluster_topics = await cluster.topics(fresh=True)  # the topic may be brand new
-            available = {t: n for t, n in cluster_topics.items() if t in await topics.allowed_topics()}
+            available = await topics.available_topics(fresh=True)  # the topic may be brand new
         wanted: dict[tuple[str, int], AssignmentRequest] = {}
         for request in requests:
             if request.topic not in available:
@@ -316,7 +319,8 @@ class Connection:
             if request.partition is not None and request.partition >= count:
                 raise PartitionNotAvailableError(
                     f"topic {request.topic!r} has no partition {request.partition}",
-                    topic=request.topic, partitions=count,
+                    topic=request.topic,
+                    partitions=count,
                 )
             for partition in [request.partition] if request.partition is not None else range(count):
                 wanted[(request.topic, partition)] = request

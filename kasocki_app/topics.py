@@ -38,8 +38,8 @@ async def allowed_topics() -> frozenset[str]:
     return _cache[1]
 
 
-async def available_topics() -> dict[str, int]:
+async def available_topics(fresh: bool = False) -> dict[str, int]:
     """Allowed topics that exist in the cluster, with their partition counts."""
     allowed = await allowed_topics()
-    existing = await cluster.topics()
+    existing = await cluster.topics(fresh=fresh)
     return {name: count for name, count in existing.items() if name in allowed}

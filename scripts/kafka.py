@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
 import os
 import shutil
@@ -130,8 +131,16 @@ def resolve_jars() -> Path:
     print(f"Resolving Apache Kafka {kafka_version()} jars into {libs} ...", file=sys.stderr)
     tmp = libs.with_name("libs.partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    cmd = [mvn, "-q", "-B", "-f", str(POM), "dependency:copy-dependencies",
-           f"-DoutputDirectory={tmp}", "-DincludeScope=runtime"]
+    cmd = [
+        mvn,
+        "-q",
+        "-B",
+        "-f",
+        str(POM),
+        "dependency:copy-dependencies",
+        f"-DoutputDirectory={tmp}",
+        "-DincludeScope=runtime",
+    ]
     result = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=900)
     if result.returncode != 0:
         raise BrokerError(f"mvn could not resolve Kafka's jars:\n{result.stdout}{result.stderr}")
@@ -216,18 +225,34 @@ def start(name: str = "default", port: int = 0) -> Broker:
     props = Path(data_dir) / "server.properties"
     props.write_text(SERVER_PROPERTIES.format(port=port, controller_port=controller_port, data_dir=data_dir))
     (Path(data_dir) / "log4j2.yaml").write_text(LOG4J2_YAML)
-    java_cmd = [java, "-Xms256m", "-Xmx1g", "-Djava.awt.headless=true",
-                f"-Dlog4j2.configurationFile={data_dir}/log4j2.yaml",
-                "-cp", f"{libs}/*"]
+    java_cmd = [
+        java,
+        "-Xms256m",
+        "-Xmx1g",
+        "-Djava.awt.headless=true",
+        f"-Dlog4j2.configurationFile={data_dir}/log4j2.yaml",
+        "-cp",
+        f"{libs}/*",
+    ]
     cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-    fmt = subprocess.run([*java_cmd, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)],
-                         stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+    fmt = subprocess.run(
+        [*java_cmd, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     if fmt.returncode != 0:
         shutil.rmtree(data_dir, ignore_errors=True)
         raise BrokerError(f"formatting the broker's storage failed:\n{fmt.stdout}{fmt.stderr}")
     log = open(Path(data_dir) / "broker.log", "wb")  # noqa: SIM115 - handed to the child
-    proc = subprocess.Popen([*java_cmd, "kafka.Kafka", str(props)], stdin=subprocess.DEVNULL,
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [*java_cmd, "kafka.Kafka", str(props)],
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     log.close()
     broker = Broker(name=name, pid=proc.pid, port=port, data_dir=data_dir)
     state_file(name).parent.mkdir(parents=True, exist_ok=True)
@@ -255,10 +280,8 @@ def stop(name: str = "default") -> bool:
             time.sleep(0.1)
         if alive(broker.pid):
             os.kill(broker.pid, signal.SIGKILL)
-        try:  # reap it when it is our own child
+        with contextlib.suppress(ChildProcessError):  # reap it when it is our own child
             os.waitpid(broker.pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
     shutil.rmtree(broker.data_dir, ignore_errors=True)
     path.unlink(missing_ok=True)
     return True
@@ -276,8 +299,11 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "start":
             began = time.monotonic()
             broker = start(args.name, args.port)
-            print(f"Kafka {kafka_version()} ({args.name}, pid {broker.pid}) is up after "
-                  f"{time.monotonic() - began:.1f}s at:", file=sys.stderr)
+            print(
+                f"Kafka {kafka_version()} ({args.name}, pid {broker.pid}) is up after "
+                f"{time.monotonic() - began:.1f}s at:",
+                file=sys.stderr,
+            )
             print(broker.bootstrap)
         elif args.command == "stop":
             print("stopped" if stop(args.name) else "not running", file=sys.stderr)

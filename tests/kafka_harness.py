@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import socket
@@ -67,9 +68,13 @@ class KafkaForTests:
         deadline = time.monotonic() + timeout
         while True:
             topic = self.admin.list_topics(topic=name, timeout=10).topics.get(name)
-            if topic is not None and topic.error is None and len(topic.partitions) == partitions:
-                if all(p.leader >= 0 for p in topic.partitions.values()):
-                    return
+            if (
+                topic is not None
+                and topic.error is None
+                and len(topic.partitions) == partitions
+                and all(p.leader >= 0 for p in topic.partitions.values())
+            ):
+                return
             if time.monotonic() > deadline:
                 raise TimeoutError(f"topic {name} did not appear")
             time.sleep(0.05)
@@ -79,10 +84,8 @@ class KafkaForTests:
         if not names:
             return
         for future in self.admin.delete_topics(names, operation_timeout=30).values():
-            try:
+            with contextlib.suppress(Exception):  # already gone is fine
                 future.result(30)
-            except Exception:
-                pass
 
     def produce(
         self,

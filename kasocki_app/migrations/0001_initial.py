@@ -5,26 +5,35 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
-    dependencies = [
-    ]
+    dependencies = []
 
     operations = [
         migrations.CreateModel(
-            name='WhitelistedTopic',
+            name="WhitelistedTopic",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('topic', models.CharField(max_length=249, unique=True, validators=[django.core.validators.RegexValidator('^[a-zA-Z0-9._-]{1,249}$', "Kafka topic names use only a-z, A-Z, 0-9, '.', '_', '-'.")])),
-                ('enabled', models.BooleanField(default=True, help_text='Disabled entries are ignored.')),
-                ('description', models.TextField(blank=True)),
-                ('created', models.DateTimeField(auto_now_add=True)),
-                ('updated', models.DateTimeField(auto_now=True)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                (
+                    "topic",
+                    models.CharField(
+                        max_length=249,
+                        unique=True,
+                        validators=[
+                            django.core.validators.RegexValidator(
+                                "^[a-zA-Z0-9._-]{1,249}$", "Kafka topic names use only a-z, A-Z, 0-9, '.', '_', '-'."
+                            )
+                        ],
+                    ),
+                ),
+                ("enabled", models.BooleanField(default=True, help_text="Disabled entries are ignored.")),
+                ("description", models.TextField(blank=True)),
+                ("created", models.DateTimeField(auto_now_add=True)),
+                ("updated", models.DateTimeField(auto_now=True)),
             ],
             options={
-                'verbose_name': 'whitelisted topic',
-                'ordering': ['topic'],
+                "verbose_name": "whitelisted topic",
+                "ordering": ["topic"],
             },
         ),
     ]

@@ -1,0 +1,33 @@
+"""Helpers for end-to-end tests: reach into the live server's state, wait for conditions."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+
+def server_service() -> Any:
+    """The Service (connections by sid) of the live server's socket.io namespace."""
+    from kasocki_project.asgi import application
+
+    return application.engineio_server.namespace_handlers["/"].service
+
+
+async def wait_until(condition: Callable[[], bool], timeout: float = 10, what: str = "condition") -> None:
+    """Wait for state changed by the server's thread; fails after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+async def collect(client: Any, event: str, count: int, timeout: float = 15) -> list[Any]:
+    """Exactly ``count`` payloads of ``event``."""
+    return [await client.next(event, timeout) for _ in range(count)]
+
+
+def offsets(messages: list[dict[str, Any]]) -> list[tuple[str, int, int]]:
+    return [(m["_kafka"]["topic"], m["_kafka"]["partition"], m["_kafka"]["offset"]) for m in messages]
