@@ -62,3 +62,25 @@ def test_socket_io_client_subscribes_consumes_filters_and_streams(kafka, make_to
     batches = result["batches"]
     assert all(1 <= len(batch) <= 4 for batch in batches)
     assert [m["n"] for batch in batches for m in batch] == list(range(COUNT))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="server bug: handlers run concurrently, so a consume emitted right after subscribe (without "
+    "waiting for its ack, as in the original README) fails with NotSubscribedError",
+)
+def test_events_emitted_without_waiting_for_acks_are_handled_in_order(kafka, make_topic, allow, asgi_server):
+    topic = make_topic()
+    kafka.produce(topic, [{"n": n, "color": "blue" if n % 2 else "green"} for n in range(COUNT)])
+    allow(topic)
+
+    result = run_script("pipelined_client.mjs", asgi_server.url, topic)
+
+    assert result["errs"] == []
+    events = [event for event, _, _ in result["acks"]]
+    assert sorted(events) == ["consume", "consume", "consume", "subscribe"]
+    assert [err for _, err, _ in result["acks"]] == [None] * 4
+    subscribed = next(res for event, _, res in result["acks"] if event == "subscribe")
+    assert subscribed == [{"topic": topic, "partition": 0, "offset": 0}]
+    consumed = sorted(res["_kafka"]["offset"] for event, _, res in result["acks"] if event == "consume")
+    assert consumed == [1, 3, 5]
