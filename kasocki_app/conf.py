@@ -24,7 +24,7 @@ DEFAULTS: dict[str, Any] = {
     "KASOCKI_KAFKA_THREADS": 16,
     "KASOCKI_CONSUME_BATCH_SIZE": 500,
     "KASOCKI_POLL_INTERVAL_MAX": 0.05,
-    "KASOCKI_MAX_ASSIGNMENTS": 64,
+    "KASOCKI_MAX_ASSIGNMENTS": 256,
     "KASOCKI_MAX_PARTITIONS": 256,
     "KASOCKI_MAX_FILTER_KEYS": 32,
     "KASOCKI_MAX_FILTER_PATH_DEPTH": 16,
@@ -33,6 +33,10 @@ DEFAULTS: dict[str, Any] = {
     "KASOCKI_MAX_STRING_LENGTH": 4096,
     "KASOCKI_MAX_PAYLOAD_BYTES": 100_000,
     "KASOCKI_MAX_BATCH": 1000,
+    "KASOCKI_MAX_INFLIGHT_REQUESTS": 16,
+    "KASOCKI_MAX_BACKLOG_BYTES": 8 * 1024 * 1024,
+    "KASOCKI_SLOW_CLIENT_TIMEOUT": 30.0,
+    "KASOCKI_ASSIGNMENT_CHECK_SECONDS": 1.0,
 }
 
 RESET_POLICIES = ("latest", "earliest")
@@ -130,6 +134,22 @@ class Settings:
     @property
     def max_batch(self) -> int:
         return int(self._get("KASOCKI_MAX_BATCH"))
+
+    @property
+    def max_inflight_requests(self) -> int:
+        return int(self._get("KASOCKI_MAX_INFLIGHT_REQUESTS"))
+
+    @property
+    def max_backlog_bytes(self) -> int:
+        return int(self._get("KASOCKI_MAX_BACKLOG_BYTES"))
+
+    @property
+    def slow_client_timeout(self) -> float:
+        return float(self._get("KASOCKI_SLOW_CLIENT_TIMEOUT"))
+
+    @property
+    def assignment_check_seconds(self) -> float:
+        return float(self._get("KASOCKI_ASSIGNMENT_CHECK_SECONDS"))
 
 
 conf = Settings()

@@ -58,6 +58,22 @@ class InvalidFilterError(KasockiError):
     """A ``filter`` argument is not a valid filter object."""
 
 
+class TooManyRequestsError(KasockiError):
+    """More requests wait for an answer on one connection than KASOCKI_MAX_INFLIGHT_REQUESTS."""
+
+
+class SlowClientError(KasockiError):
+    """The client stopped reading: its backlog stayed over the cap; the server disconnects it."""
+
+
+class OffsetOutOfRangeError(KasockiError):
+    """While streaming, the next offset left the log (retention); reading goes on per the reset policy."""
+
+
+class PartitionsChangedError(KasockiError):
+    """A subscribed topic gained partitions; the new ones are read from their start."""
+
+
 class KafkaError(KasockiError):
     """Kafka failed (broker unreachable, topic gone, ...); ``code`` is Kafka's error code name."""
 

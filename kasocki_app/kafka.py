@@ -90,9 +90,9 @@ def kafka_error(exc: KafkaException | RdKafkaError) -> KafkaError:
 
 
 def consumer_config() -> dict[str, Any]:
-    config = {**CONSUMER_DEFAULTS, **conf.kafka_config, **CONSUMER_OVERRIDES}
-    config["auto.offset.reset"] = conf.reset_policy
-    return config
+    # "error": an offset that leaves the log while a client lags is reported to the
+    # service, which tells the client and then applies KASOCKI_RESET_POLICY itself.
+    return {**CONSUMER_DEFAULTS, **conf.kafka_config, **CONSUMER_OVERRIDES, "auto.offset.reset": "error"}
 
 
 class Cluster:
@@ -223,6 +223,21 @@ class KafkaSource:
     async def assign(self, positions: list[tuple[str, int, int]]) -> None:
         """Start reading each (topic, partition) at the given concrete offset."""
         await run_blocking(self._consumer.assign, [TopicPartition(t, p, o) for t, p, o in positions])
+
+    async def add(self, positions: list[tuple[str, int, int]]) -> None:
+        await run_blocking(self._consumer.incremental_assign, [TopicPartition(t, p, o) for t, p, o in positions])
+
+    async def remove(self, partitions: list[tuple[str, int]]) -> None:
+        await run_blocking(self._consumer.incremental_unassign, [TopicPartition(t, p) for t, p in partitions])
+
+    async def seek(self, topic: str, partition: int, offset: int) -> None:
+        """Restart a partition at ``offset``, also after a fetch error (where librdkafka refuses seek())."""
+
+        def reassign() -> None:
+            self._consumer.incremental_unassign([TopicPartition(topic, partition)])
+            self._consumer.incremental_assign([TopicPartition(topic, partition, offset)])
+
+        await run_blocking(reassign)
 
     def poll(self, max_messages: int) -> list[Message]:
         """Records already prefetched by librdkafka, without waiting (safe on the event loop)."""

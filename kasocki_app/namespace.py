@@ -10,6 +10,7 @@ from typing import Any
 import socketio
 
 from .exceptions import InternalError, InvalidArgumentError, KasockiError, UnknownEventError
+from .outbound import Outbound
 from .service import Connection, Service
 
 logger = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ class KasockiNamespace(socketio.AsyncNamespace):
         return await self._handle(args[0], name, lambda c: _raise(UnknownEventError(f"unknown event {name!r}")))
 
     async def on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
-        connection = self.service.open(sid, emit=lambda event, data: self.emit(event, data, to=sid))
+        connection = self.service.open(sid, Outbound(self.server, sid, self.namespace))
         connection.spawn(connection.send_ready())
 
     async def on_disconnect(self, sid: str, reason: Any = None) -> None:
@@ -64,17 +65,17 @@ class KasockiNamespace(socketio.AsyncNamespace):
         connection = self.service.get(sid)
         if connection is None:
             return None
-        async with connection.handling():
-            try:
+        try:
+            async with connection.handling():
                 result = action(connection)
                 if inspect.isawaitable(result):
                     result = await result
                 return None, result
-            except KasockiError as exc:
-                return await connection.report(exc, event), None
-            except Exception:
-                logger.exception("sid %s: %s failed", sid, event)
-                return await connection.report(InternalError(f"{event} failed"), event), None
+        except KasockiError as exc:
+            return await connection.report(exc, event), None
+        except Exception:
+            logger.exception("sid %s: %s failed", sid, event)
+            return await connection.report(InternalError(f"{event} failed"), event), None
 
 
 def _one_arg(event: str, args: tuple[Any, ...]) -> Any:

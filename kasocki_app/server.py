@@ -9,6 +9,7 @@ import socketio
 from . import jsonshim
 from .conf import conf
 from .namespace import KasockiNamespace
+from .outbound import BacklogMeteredApp
 from .service import Service
 
 
@@ -35,6 +36,9 @@ def build_server(service: Service | None = None) -> socketio.AsyncServer:
     return sio
 
 
-def build_asgi_application(django_application: Any, sio: socketio.AsyncServer | None = None) -> socketio.ASGIApp:
+def build_asgi_application(django_application: Any, sio: socketio.AsyncServer | None = None) -> BacklogMeteredApp:
     """socket.io at /socket.io/, every other request to ``django_application``."""
-    return socketio.ASGIApp(sio or build_server(), other_asgi_app=django_application, socketio_path="socket.io")
+    sio = sio or build_server()
+    app = BacklogMeteredApp(socketio.ASGIApp(sio, other_asgi_app=django_application, socketio_path="socket.io"))
+    app.sio = sio
+    return app

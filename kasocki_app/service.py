@@ -1,4 +1,4 @@
-"""Per-connection state and tasks: subscribe, filter, consume, start/stop, and cleanup.
+"""Per-connection state and tasks: subscribe, filter, consume, start/stop, flow control and cleanup.
 
 A ``Connection`` owns everything one socket.io client uses: its source of Kafka
 records (created lazily at the first subscribe), its filter, its stream task and
@@ -16,20 +16,23 @@ from collections import Counter, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
 
+from confluent_kafka import KafkaError as RdKafkaError
 from confluent_kafka import Message
 from django.utils.module_loading import import_string
 
-from . import topics
+from . import assignments, topics
 from .conf import conf
 from .exceptions import (
     AlreadyStartedError,
     AlreadySubscribedError,
     InternalError,
-    InvalidAssignmentError,
     KafkaError,
     KasockiError,
     NotSubscribedError,
-    PartitionNotAvailableError,
+    OffsetOutOfRangeError,
+    PartitionsChangedError,
+    SlowClientError,
+    TooManyRequestsError,
     TopicNotAvailableError,
 )
 from .filters import Predicate, compile_filters
@@ -38,8 +41,6 @@ from .messages import UndecodableMessage
 from .protocol import AssignmentRequest, StartOptions, parse_start, parse_subscription
 
 logger = logging.getLogger(__name__)
-
-Emit = Callable[[str, Any], Awaitable[None]]
 
 # The same stream error is reported to a client at most once per this many seconds.
 ERROR_REPEAT_SECONDS = 5.0
@@ -50,11 +51,29 @@ class Source(Protocol):
 
     async def assign(self, positions: list[tuple[str, int, int]]) -> None: ...
 
+    async def add(self, positions: list[tuple[str, int, int]]) -> None: ...
+
+    async def remove(self, partitions: list[tuple[str, int]]) -> None: ...
+
+    async def seek(self, topic: str, partition: int, offset: int) -> None: ...
+
     def poll(self, max_messages: int) -> list[Message]: ...
 
     def take_errors(self) -> list[KafkaError]: ...
 
     async def close(self) -> bool: ...
+
+
+class Outbound(Protocol):
+    """How a connection reaches its client (see outbound.Outbound)."""
+
+    bytes_sent: int
+
+    async def emit(self, event: str, data: Any) -> None: ...
+
+    def backlog(self) -> int: ...
+
+    async def disconnect(self) -> None: ...
 
 
 SourceFactory = Callable[[], Awaitable[Source]]
@@ -63,27 +82,30 @@ SourceFactory = Callable[[], Awaitable[Source]]
 class Connection:
     """One socket.io client's subscription, filter and streams."""
 
-    def __init__(self, sid: str, emit: Emit, source_factory: SourceFactory = KafkaSource.create) -> None:
+    def __init__(self, sid: str, outbound: Outbound, source_factory: SourceFactory = KafkaSource.create) -> None:
         self.sid = sid
         self.connected_at = time.time()
+        self.requests: list[AssignmentRequest] = []
         self.assignments: list[dict[str, Any]] | None = None
         self.filters: dict[str, Any] | None = None
         self.delivered = 0
         self.skipped: Counter[str] = Counter()
         self.closed = False
-        self._emit = emit
+        self.outbound = outbound
         self._source_factory = source_factory
         self._source: Source | None = None
         self._subscribing = False
+        self._subscribe_done = asyncio.Event()  # set when a subscribe in progress ends, either way
         self._predicate: Predicate | None = None
         self._build = import_string(conf.message_builder)
         self._records: deque[Message] = deque()  # polled from Kafka, not yet decoded
-        self._ready: deque[dict[str, Any]] = deque()  # built and filtered, taken back by stop()
+        self._ready: deque[dict[str, Any]] = deque()  # built and filtered, given back by stop()
         self._streaming = False
         self._stream_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._pending_errors: list[Message] = []  # error records met while polling
+        self._error_records: list[Message] = []  # error records met while polling
         self._last_errors: dict[tuple[Any, ...], float] = {}
+        self._next_check = 0.0
 
     # --- task ownership -------------------------------------------------------
 
@@ -93,6 +115,11 @@ class Connection:
         task = asyncio.current_task()
         if self.closed or task is None:
             raise asyncio.CancelledError
+        if len(self._tasks) >= conf.max_inflight_requests:
+            raise TooManyRequestsError(
+                f"at most {conf.max_inflight_requests} requests may wait for an answer at once",
+                limit=conf.max_inflight_requests,
+            )
         self._tasks.add(task)
         try:
             yield
@@ -134,24 +161,31 @@ class Connection:
         except KafkaError as exc:
             await self.report(exc, "connect")
             available = {}
-        await self._emit("ready", sorted(available))
+        await self.outbound.emit("ready", sorted(available))
 
     async def subscribe(self, arg: Any) -> list[dict[str, Any]]:
         if self.assignments is not None or self._subscribing:
             raise AlreadySubscribedError("this connection is already subscribed; reconnect to subscribe again")
         requests = parse_subscription(arg)
         self._subscribing = True
+        self._subscribe_done.clear()
         try:
-            positions = await self._resolve(requests)
+            positions = await assignments.resolve(requests)
             source = await self._source_factory()
             if self.closed:
                 await source.close()
                 raise asyncio.CancelledError
             self._source = source
             await source.assign([(a["topic"], a["partition"], a["offset"]) for a in positions])
-        finally:
+        except BaseException:
             self._subscribing = False
+            self._subscribe_done.set()
+            raise
+        self.requests = requests
         self.assignments = positions
+        self._next_check = time.monotonic() + conf.assignment_check_seconds
+        self._subscribing = False
+        self._subscribe_done.set()
         logger.info("sid %s subscribed to %s", self.sid, positions)
         return positions
 
@@ -161,11 +195,11 @@ class Connection:
 
     async def consume(self) -> dict[str, Any]:
         """The next message that passes the filter, waiting for one to arrive."""
-        self._require_subscribed()
+        await self._require_subscribed()
         delay = 0.0
         while True:
             messages = self._take(1)
-            await self._report_stream_errors("consume")
+            await self._after_take("consume")
             if messages:
                 self.delivered += 1
                 return messages[0]
@@ -173,7 +207,7 @@ class Connection:
 
     async def start(self, arg: Any) -> None:
         options = parse_start(arg)
-        self._require_subscribed()
+        await self._require_subscribed()
         if self._streaming:
             raise AlreadyStartedError("this connection is already streaming; emit stop first")
         if self._stream_task is not None:  # a stop() is still finishing the previous stream
@@ -197,14 +231,17 @@ class Connection:
         delay = 0.0
         while self._streaming:
             try:
+                if self.outbound.backlog() > conf.max_backlog_bytes:
+                    await self._wait_for_client()
+                    continue
                 messages = self._take(batch or conf.consume_batch_size)
-                await self._report_stream_errors("start")
+                await self._after_take("start")
                 if not messages:
                     delay = await self._backoff(delay)
                     continue
                 delay = 0.0
                 if batch:
-                    await self._emit("messages", messages)
+                    await self.outbound.emit("messages", messages)
                     self.delivered += len(messages)
                     continue
                 for index, message in enumerate(messages):
@@ -212,7 +249,7 @@ class Connection:
                         # stop() arrived mid-batch: keep the rest for the next consume/start.
                         self._ready.extendleft(reversed(messages[index:]))
                         break
-                    await self._emit("message", message)
+                    await self.outbound.emit("message", message)
                     self.delivered += 1
             except asyncio.CancelledError:
                 raise
@@ -220,6 +257,25 @@ class Connection:
                 logger.exception("sid %s: stream loop failed", self.sid)
                 await self.report(exc if isinstance(exc, KasockiError) else InternalError("stream failed"), "start")
                 delay = await self._backoff(max(delay, 0.1))
+
+    async def _wait_for_client(self) -> None:
+        """Stop reading Kafka while the client's backlog is over the cap; drop a client stalled too long."""
+        deadline = time.monotonic() + conf.slow_client_timeout
+        while self._streaming and self.outbound.backlog() > conf.max_backlog_bytes // 2:
+            if time.monotonic() > deadline:
+                logger.warning("sid %s: disconnecting a client that stopped reading", self.sid)
+                await self.report(
+                    SlowClientError(
+                        f"the client read nothing for {conf.slow_client_timeout:g}s while "
+                        f"{conf.max_backlog_bytes} bytes were waiting for it",
+                        limit=conf.max_backlog_bytes,
+                    ),
+                    "start",
+                )
+                self._streaming = False
+                self.spawn(self.outbound.disconnect())
+                return
+            await asyncio.sleep(0.01)
 
     def _take(self, limit: int) -> list[dict[str, Any]]:
         """Up to ``limit`` built messages that pass the filter, from what Kafka already prefetched."""
@@ -229,6 +285,7 @@ class Connection:
             taken.append(ready.popleft())
         records = self._records
         predicate = self._predicate
+        build = self._build_one
         while len(taken) < limit:
             if not records:
                 if self._source is None:
@@ -239,9 +296,9 @@ class Connection:
                 records.extend(polled)
             record = records.popleft()
             if record.error() is not None:
-                self._pending_errors.append(record)
+                self._error_records.append(record)
                 continue
-            message = self._build_one(record)
+            message = build(record)
             if message is not None and (predicate is None or predicate(message)):
                 taken.append(message)
         return taken
@@ -265,35 +322,99 @@ class Connection:
         )
         return None
 
-    # --- errors ---------------------------------------------------------------
+    # --- keeping up with Kafka ------------------------------------------------
 
-    async def _report_stream_errors(self, event: str) -> None:
-        errors: list[KafkaError] = []
-        if self._source is not None:
-            errors.extend(self._source.take_errors())
-        if self._pending_errors:
-            for record in self._pending_errors:
+    async def _after_take(self, event: str) -> None:
+        """Report Kafka errors met while polling, and follow changes of the cluster and the whitelist."""
+        errors: list[KasockiError] = list(self._source.take_errors()) if self._source is not None else []
+        records, self._error_records = self._error_records, []
+        for record in records:
+            if record.error().code() == RdKafkaError._AUTO_OFFSET_RESET:
+                errors.append(await self._reset_partition(record))
+            else:
                 error = kafka_error(record.error())
                 error.details.update(topic=record.topic(), partition=record.partition())
                 errors.append(error)
-            self._pending_errors.clear()
+        if time.monotonic() >= self._next_check:
+            self._next_check = time.monotonic() + conf.assignment_check_seconds
+            errors.extend(await self._follow_cluster())
         now = time.monotonic()
         for error in errors:
-            key = (error.details.get("code"), error.details.get("topic"), error.details.get("partition"))
-            if now - self._last_errors.get(key, -ERROR_REPEAT_SECONDS) >= ERROR_REPEAT_SECONDS:
+            key = (error.name, error.details.get("code"), error.details.get("topic"), error.details.get("partition"))
+            if error.name != "KafkaError" or now - self._last_errors.get(key, -ERROR_REPEAT_SECONDS) >= (
+                ERROR_REPEAT_SECONDS
+            ):
                 self._last_errors[key] = now
                 await self.report(error, event)
+
+    async def _reset_partition(self, record: Message) -> KasockiError:
+        """The next offset of a partition left the log (retention): restart per the reset policy."""
+        topic, partition = record.topic(), record.partition()
+        low, high = (await cluster.watermarks([(topic, partition)]))[(topic, partition)]
+        offset = assignments.reset_offset(low, high)
+        if self._source is not None:
+            await self._source.seek(topic, partition, offset)
+        lost_from = record.offset() if record.offset() >= 0 else None
+        return OffsetOutOfRangeError(
+            f"the next offset of {topic}/{partition} is no longer in the log; continuing from offset {offset}",
+            topic=topic,
+            partition=partition,
+            reset_from=lost_from,
+            offset=offset,
+        )
+
+    async def _follow_cluster(self) -> list[KasockiError]:
+        """Drop topics deleted or no longer allowed; add partitions that grew under whole-topic requests."""
+        if self.assignments is None or self._source is None:
+            return []
+        try:
+            available = await topics.available_topics()
+        except KafkaError as exc:
+            return [exc]
+        changes = assignments.compare(self.requests, self.assignments, available)
+        errors: list[KasockiError] = []
+        if changes.gone:
+            gone = set(changes.gone)
+            await self._source.remove([(a["topic"], a["partition"]) for a in self.assignments if a["topic"] in gone])
+            self.assignments = [a for a in self.assignments if a["topic"] not in gone]
+            self._records = deque(r for r in self._records if r.topic() not in gone)
+            self._ready = deque(m for m in self._ready if m.get("_kafka", {}).get("topic") not in gone)
+            for topic in changes.gone:
+                logger.info("sid %s: topic %s went away; stopped reading it", self.sid, topic)
+                errors.append(
+                    TopicNotAvailableError(
+                        f"topic {topic!r} is no longer available", topic=topic, availableTopics=sorted(available)
+                    )
+                )
+        for topic, partitions in changes.grown.items():
+            marks = await cluster.watermarks([(topic, p) for p in partitions])
+            added = [{"topic": topic, "partition": p, "offset": marks[(topic, p)][0]} for p in partitions]
+            await self._source.add([(a["topic"], a["partition"], a["offset"]) for a in added])
+            self.assignments = sorted([*self.assignments, *added], key=lambda a: (a["topic"], a["partition"]))
+            errors.append(
+                PartitionsChangedError(
+                    f"topic {topic!r} now has {available[topic]} partitions; reading the new ones from the start",
+                    topic=topic,
+                    partitions=available[topic],
+                    added=added,
+                )
+            )
+        return errors
+
+    # --- errors and helpers ---------------------------------------------------
 
     async def report(self, error: KasockiError, event: str | None) -> dict[str, Any]:
         """Send ``error`` to the client as an ``err`` event; returns the error object for an ack."""
         payload = error.to_dict(event)
         with contextlib.suppress(Exception):
-            await self._emit("err", payload)
+            await self.outbound.emit("err", payload)
         return payload
 
-    # --- helpers --------------------------------------------------------------
-
-    def _require_subscribed(self) -> None:
+    async def _require_subscribed(self) -> None:
+        # Clients may emit subscribe and then consume without waiting for the ack (the
+        # original README does): each handler runs as its own task, so wait for it.
+        if self._subscribing:
+            await self._subscribe_done.wait()
         if self.assignments is None:
             raise NotSubscribedError("subscribe before consuming")
 
@@ -304,53 +425,6 @@ class Connection:
         await asyncio.sleep(delay)
         return delay
 
-    async def _resolve(self, requests: list[AssignmentRequest]) -> list[dict[str, Any]]:
-        """Check access and partitions, then turn each request into concrete starting offsets."""
-        available = await topics.available_topics()
-        if any(r.topic not in available for r in requests):
-            available = await topics.available_topics(fresh=True)  # the topic may be brand new
-        wanted: dict[tuple[str, int], AssignmentRequest] = {}
-        for request in requests:
-            if request.topic not in available:
-                raise TopicNotAvailableError(
-                    f"topic {request.topic!r} is not available", availableTopics=sorted(available)
-                )
-            count = available[request.topic]
-            if request.partition is not None and request.partition >= count:
-                raise PartitionNotAvailableError(
-                    f"topic {request.topic!r} has no partition {request.partition}",
-                    topic=request.topic,
-                    partitions=count,
-                )
-            for partition in [request.partition] if request.partition is not None else range(count):
-                wanted[(request.topic, partition)] = request
-        if len(wanted) > conf.max_partitions:
-            raise InvalidAssignmentError(
-                f"subscribe covers {len(wanted)} partitions; at most {conf.max_partitions} are allowed",
-                limit=conf.max_partitions,
-            )
-        marks = await cluster.watermarks(list(wanted))
-        times = await cluster.offsets_for_times(
-            {tp: r.timestamp for tp, r in wanted.items() if r.timestamp is not None}
-        )
-        positions = []
-        for (topic, partition), request in sorted(wanted.items()):
-            low, high = marks[(topic, partition)]
-            position: dict[str, Any] = {"topic": topic, "partition": partition}
-            if request.offset is not None:
-                if low <= request.offset <= high:
-                    position["offset"] = request.offset
-                else:
-                    position["offset"] = high if conf.reset_policy == "latest" else low
-                    position["reset_from"] = request.offset
-            elif request.timestamp is not None:
-                found = times[(topic, partition)]
-                position["offset"] = high if found < 0 else found
-            else:
-                position["offset"] = high
-            positions.append(position)
-        return positions
-
 
 class Service:
     """The connections of this process, by socket.io sid."""
@@ -359,8 +433,8 @@ class Service:
         self.connections: dict[str, Connection] = {}
         self._source_factory = source_factory
 
-    def open(self, sid: str, emit: Emit) -> Connection:
-        connection = Connection(sid, emit, self._source_factory)
+    def open(self, sid: str, outbound: Outbound) -> Connection:
+        connection = Connection(sid, outbound, self._source_factory)
         self.connections[sid] = connection
         return connection
 

@@ -12,7 +12,7 @@ def server_service() -> Any:
     """The Service (connections by sid) of the live server's socket.io namespace."""
     from kasocki_project.asgi import application
 
-    return application.engineio_server.namespace_handlers["/"].service
+    return application.sio.namespace_handlers["/"].service
 
 
 async def wait_until(condition: Callable[[], bool], timeout: float = 10, what: str = "condition") -> None:

@@ -193,14 +193,19 @@ async def test_stop_and_resume_lose_and_repeat_nothing(kafka, subscribed):
 
 async def test_consume_while_started_takes_its_own_message(kafka, subscribed):
     client, topic = subscribed
-    total = 500
     await client.ok("start", None)
-    consumes = [asyncio.ensure_future(client.ok("consume", None)) for _ in range(5)]
-    kafka.produce(topic, [{"i": i} for i in range(total)])
+    consumes = [asyncio.ensure_future(client.ok("consume", None)) for _ in range(3)]
+    produced = 0
+    # The stream loop and the consumes race for each record; keep producing until every consume won one.
+    while not all(c.done() for c in consumes) and produced < 500:
+        kafka.produce(topic, [{"i": produced}])
+        produced += 1
+        await asyncio.wait(consumes, timeout=0.02)
     consumed = await asyncio.gather(*consumes)
-    streamed = await collect(client, "message", total - len(consumed))
+    streamed = await collect(client, "message", produced - len(consumed))
     # Every record arrives exactly once, either as an ack or as a message event.
-    assert sorted(m["i"] for m in consumed + streamed) == list(range(total))
+    assert sorted(m["i"] for m in consumed + streamed) == list(range(produced))
+    assert client.pending("message") == []
 
 
 async def test_batch_mode_emits_lists(kafka, subscribed):

@@ -64,11 +64,6 @@ def test_socket_io_client_subscribes_consumes_filters_and_streams(kafka, make_to
     assert [m["n"] for batch in batches for m in batch] == list(range(COUNT))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server bug: handlers run concurrently, so a consume emitted right after subscribe (without "
-    "waiting for its ack, as in the original README) fails with NotSubscribedError",
-)
 def test_events_emitted_without_waiting_for_acks_are_handled_in_order(kafka, make_topic, allow, asgi_server):
     topic = make_topic()
     kafka.produce(topic, [{"n": n, "color": "blue" if n % 2 else "green"} for n in range(COUNT)])

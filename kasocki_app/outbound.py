@@ -1,0 +1,119 @@
+"""What a connection sends, and how much of it is still waiting to reach the client.
+
+engine.io queues outgoing packets without bound, and daphne's websocket send has
+no backpressure (what the client does not read piles up in Twisted's buffer).
+So the service measures a client's backlog: the bytes in its engine.io queue plus
+the bytes the ASGI server still holds for its websocket, read from the server's
+transport where the server exposes one (daphne, uvicorn). The stream loop stops
+reading Kafka for a client whose backlog is over KASOCKI_MAX_BACKLOG_BYTES.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import parse_qs
+
+import orjson
+import socketio
+
+from . import jsonshim
+
+logger = logging.getLogger(__name__)
+
+Probe = Callable[[], int]
+
+# Bytes the ASGI server holds for each websocket, by engine.io session id.
+_server_buffers: dict[str, Probe] = {}
+
+
+def transport_probe(send: Any) -> Probe | None:
+    """A function returning the bytes the ASGI server has buffered for this connection, if it can tell."""
+    if isinstance(send, functools.partial) and send.args:  # daphne: partial(Server.handle_reply, protocol)
+        owner = send.args[0]
+    else:  # uvicorn: the protocol's bound asgi_send
+        owner = getattr(send, "__self__", None)
+    transport = getattr(owner, "transport", None)
+    if transport is None:
+        return None
+    if hasattr(transport, "get_write_buffer_size"):  # asyncio transports
+        return transport.get_write_buffer_size
+    if hasattr(transport, "dataBuffer") and hasattr(transport, "_tempDataLen"):  # Twisted FileDescriptor
+        return lambda: len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+    return None
+
+
+class BacklogMeteredApp:
+    """ASGI wrapper: for each websocket, remembers how to read the server's send buffer."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.sio: socketio.AsyncServer | None = None  # set by server.build_asgi_application
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "websocket":
+            return await self.app(scope, receive, send)
+        probe = transport_probe(send)
+        if probe is None:
+            return await self.app(scope, receive, send)
+        sids = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("sid", [])
+        session = {"sid": sids[0] if sids else None}
+        if session["sid"]:
+            _server_buffers[session["sid"]] = probe
+
+        async def send_and_learn_sid(message: dict[str, Any]) -> None:
+            if session["sid"] is None and message.get("type") == "websocket.send":
+                text = message.get("text") or ""
+                if text.startswith("0{"):  # engine.io OPEN packet carries the new session id
+                    session["sid"] = orjson.loads(text[1:]).get("sid")
+                    if session["sid"]:
+                        _server_buffers[session["sid"]] = probe
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_learn_sid)
+        finally:
+            if session["sid"]:
+                _server_buffers.pop(session["sid"], None)
+
+
+class Outbound:
+    """Sends events to one client: one JSON encode per packet, with the bytes counted."""
+
+    def __init__(self, sio: socketio.AsyncServer, sid: str, namespace: str = "/") -> None:
+        self._sio = sio
+        self.sid = sid
+        self.namespace = namespace
+        self.eio_sid = sio.manager.eio_sid_from_sid(sid, namespace)
+        self.bytes_sent = 0
+        # socket.io v5 EVENT packet: type "2", namespace (omitted for "/"), then the JSON array.
+        self._prefix = "2" if namespace == "/" else f"2{namespace},"
+
+    async def emit(self, event: str, data: Any) -> None:
+        encoded = self._prefix + jsonshim.dumps([event, data])
+        self.bytes_sent += len(encoded)
+        await self._sio.eio.send(self.eio_sid, encoded)
+
+    def backlog(self) -> int:
+        """Bytes sent to this client that it has not yet taken off the wire."""
+        socket = self._sio.eio.sockets.get(self.eio_sid)
+        if socket is None:
+            return 0
+        total = 0
+        queue = socket.queue
+        if queue.qsize():
+            for pkt in list(queue._queue):  # asyncio.Queue keeps its items in a deque
+                if pkt is not None and isinstance(pkt.data, str):
+                    total += len(pkt.data)
+        probe = _server_buffers.get(self.eio_sid)
+        if probe is not None:
+            try:
+                total += probe()
+            except Exception:  # a closed transport: nothing more will be sent
+                logger.debug("sid %s: transport probe failed", self.sid, exc_info=True)
+        return total
+
+    async def disconnect(self) -> None:
+        await self._sio.disconnect(self.sid, namespace=self.namespace)
