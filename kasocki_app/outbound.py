@@ -23,25 +23,38 @@ from . import jsonshim
 
 logger = logging.getLogger(__name__)
 
-Probe = Callable[[], int]
 
-# Bytes the ASGI server holds for each websocket, by engine.io session id.
-_server_buffers: dict[str, Probe] = {}
+class ServerTransport:
+    """The ASGI server's transport under one websocket: its buffered bytes, and a way to cut it."""
+
+    def __init__(self, transport: Any) -> None:
+        self._transport = transport
+        if hasattr(transport, "get_write_buffer_size"):  # asyncio transports (uvicorn)
+            self.buffered: Callable[[], int] = transport.get_write_buffer_size
+        else:  # Twisted FileDescriptor (daphne)
+            self.buffered = lambda: len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+
+    def abort(self) -> None:
+        """Close at once, dropping unsent data (a graceful close would wait for the client to read)."""
+        if hasattr(self._transport, "abortConnection"):
+            self._transport.abortConnection()
+        else:
+            self._transport.abort()
 
 
-def transport_probe(send: Any) -> Probe | None:
-    """A function returning the bytes the ASGI server has buffered for this connection, if it can tell."""
-    if isinstance(send, functools.partial) and send.args:  # daphne: partial(Server.handle_reply, protocol)
-        owner = send.args[0]
-    else:  # uvicorn: the protocol's bound asgi_send
-        owner = getattr(send, "__self__", None)
+# The ASGI server's transport of each websocket, by engine.io session id.
+_transports: dict[str, ServerTransport] = {}
+
+
+def server_transport(send: Any) -> ServerTransport | None:
+    """The transport behind an ASGI ``send`` callable, where the server lets us find it."""
+    # daphne passes partial(Server.handle_reply, protocol); uvicorn the protocol's bound asgi_send.
+    owner = send.args[0] if isinstance(send, functools.partial) and send.args else getattr(send, "__self__", None)
     transport = getattr(owner, "transport", None)
-    if transport is None:
-        return None
-    if hasattr(transport, "get_write_buffer_size"):  # asyncio transports
-        return transport.get_write_buffer_size
-    if hasattr(transport, "dataBuffer") and hasattr(transport, "_tempDataLen"):  # Twisted FileDescriptor
-        return lambda: len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+    if hasattr(transport, "get_write_buffer_size") or (
+        hasattr(transport, "dataBuffer") and hasattr(transport, "_tempDataLen")
+    ):
+        return ServerTransport(transport)
     return None
 
 
@@ -55,13 +68,13 @@ class BacklogMeteredApp:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "websocket":
             return await self.app(scope, receive, send)
-        probe = transport_probe(send)
-        if probe is None:
+        transport = server_transport(send)
+        if transport is None:
             return await self.app(scope, receive, send)
         sids = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("sid", [])
         session = {"sid": sids[0] if sids else None}
         if session["sid"]:
-            _server_buffers[session["sid"]] = probe
+            _transports[session["sid"]] = transport
 
         async def send_and_learn_sid(message: dict[str, Any]) -> None:
             if session["sid"] is None and message.get("type") == "websocket.send":
@@ -69,14 +82,14 @@ class BacklogMeteredApp:
                 if text.startswith("0{"):  # engine.io OPEN packet carries the new session id
                     session["sid"] = orjson.loads(text[1:]).get("sid")
                     if session["sid"]:
-                        _server_buffers[session["sid"]] = probe
+                        _transports[session["sid"]] = transport
             await send(message)
 
         try:
             await self.app(scope, receive, send_and_learn_sid)
         finally:
             if session["sid"]:
-                _server_buffers.pop(session["sid"], None)
+                _transports.pop(session["sid"], None)
 
 
 class Outbound:
@@ -107,13 +120,21 @@ class Outbound:
             for pkt in list(queue._queue):  # asyncio.Queue keeps its items in a deque
                 if pkt is not None and isinstance(pkt.data, str):
                     total += len(pkt.data)
-        probe = _server_buffers.get(self.eio_sid)
-        if probe is not None:
+        transport = _transports.get(self.eio_sid)
+        if transport is not None:
             try:
-                total += probe()
+                total += transport.buffered()
             except Exception:  # a closed transport: nothing more will be sent
                 logger.debug("sid %s: transport probe failed", self.sid, exc_info=True)
         return total
 
     async def disconnect(self) -> None:
-        await self._sio.disconnect(self.sid, namespace=self.namespace)
+        """Drop the client at once: a graceful close would wait for it to read its backlog."""
+        transport = _transports.pop(self.eio_sid, None)
+        if transport is not None:
+            transport.abort()
+        socket = self._sio.eio.sockets.get(self.eio_sid)
+        if socket is not None:
+            # Fires the disconnect handlers (and so Connection.close) without waiting for the queue.
+            await socket.close(wait=False, abort=True)
+            self._sio.eio.sockets.pop(self.eio_sid, None)
