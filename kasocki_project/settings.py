@@ -90,6 +90,11 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
+# The viewer page loads the official socket.io client, installed from npm by `npm ci`.
+STATICFILES_DIRS = [("vendor/socket.io-client", BASE_DIR / "node_modules" / "socket.io-client" / "dist")]
+# Serve static files from the app server itself (runserver, daphne or uvicorn): for development.
+# Production turns this off, runs collectstatic and serves STATIC_ROOT from a web server or CDN.
+SERVE_STATIC = env_bool("DJANGO_SERVE_STATIC", DEBUG)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Kasocki -----------------------------------------------------------------

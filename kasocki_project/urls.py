@@ -1,9 +1,33 @@
-"""URL routes of the Kasocki project: the admin and the app's pages."""
+"""URL routes of the Kasocki project: the admin, the app's pages and, in development, static files."""
 
+import re
+
+from django.conf import settings
 from django.contrib import admin
-from django.urls import include, path
+from django.contrib.staticfiles.views import serve
+from django.http import HttpRequest, HttpResponse
+from django.urls import include, path, re_path
 
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("", include("kasocki_app.urls")),
 ]
+
+
+def serve_static(request: HttpRequest, path: str) -> HttpResponse:
+    """A file found by the staticfiles finders, read whole (ASGI servers warn about sync file streams)."""
+    response = serve(request, path, insecure=True)
+    if not response.streaming:  # 304 Not Modified
+        return response
+    try:
+        return HttpResponse(b"".join(response.streaming_content), status=response.status_code, headers=response.headers)
+    finally:
+        response.close()
+
+
+if settings.SERVE_STATIC:
+    # staticfiles_urlpatterns() only exists while DEBUG is on, and only runserver adds static serving by
+    # itself; this route serves static files through the Django ASGI app under daphne and uvicorn too,
+    # and in the tests, which run with DEBUG off.
+    prefix = re.escape(settings.STATIC_URL.lstrip("/"))
+    urlpatterns += [re_path(rf"^{prefix}(?P<path>.*)$", serve_static)]
