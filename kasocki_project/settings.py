@@ -103,6 +103,29 @@ KASOCKI_KAFKA_CONFIG = {"bootstrap.servers": KAFKA_BOOTSTRAP_SERVERS}
 KASOCKI_ALLOWED_TOPICS = env_list("KASOCKI_ALLOWED_TOPICS")
 KASOCKI_ALLOWED_ORIGINS = env_list("KASOCKI_ALLOWED_ORIGINS")
 
+
+def env_kasocki_settings() -> dict[str, object]:
+    """Any other KASOCKI_* setting (limits, timeouts, ...) from an environment variable of the same name."""
+    from kasocki_app.conf import DEFAULTS
+
+    values: dict[str, object] = {}
+    for name, default in DEFAULTS.items():
+        raw = os.environ.get(name)
+        if raw is None or name in {"KASOCKI_KAFKA_CONFIG", "KASOCKI_ALLOWED_TOPICS", "KASOCKI_ALLOWED_ORIGINS"}:
+            continue
+        if isinstance(default, bool):
+            values[name] = env_bool(name, default)
+        elif isinstance(default, (int, float)):
+            values[name] = type(default)(raw)
+        elif isinstance(default, list):
+            values[name] = env_list(name)
+        else:
+            values[name] = raw
+    return values
+
+
+globals().update(env_kasocki_settings())
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

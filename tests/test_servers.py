@@ -1,0 +1,148 @@
+"""The project under each way of serving it: runserver (daphne), daphne and uvicorn, as real processes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import psutil
+import pytest
+from django.db import connections
+
+from kasocki_app.models import WhitelistedTopic
+from tests.clients import RecordingClient
+from tests.live_server import free_port
+from tests.rawws import RawWebSocket
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+ROOT = Path(__file__).resolve().parent.parent
+COMMANDS = {
+    "runserver": [sys.executable, "manage.py", "runserver", "--noreload", "127.0.0.1:{port}"],
+    "daphne": [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", "{port}", "kasocki_project.asgi:application"],
+    "uvicorn": [sys.executable, "-m", "uvicorn", "--port", "{port}", "kasocki_project.asgi:application"],
+}
+
+
+def get(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+class ServerProcess:
+    def __init__(self, kind: str, kafka, extra_env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        database = connections["default"].settings_dict["NAME"]
+        env = {
+            **os.environ,
+            "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap,
+            "DATABASE_URL": f"sqlite:///{database}",
+            "KASOCKI_LOG_LEVEL": "WARNING",
+            **(extra_env or {}),
+        }
+        command = [part.format(port=self.port) for part in COMMANDS[kind]]
+        self.process = subprocess.Popen(
+            command, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if get(f"{self.url}/healthz") == 200:
+                    break
+            except OSError:
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"{kind} did not start:\n{self.output}")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        self.output = self.process.stdout.read().decode(errors="replace") if self.process.stdout else ""
+
+
+@pytest.fixture(params=sorted(COMMANDS))
+def server(request, kafka, transactional_db) -> Iterator[ServerProcess]:
+    process = ServerProcess(request.param, kafka)
+    yield process
+    process.stop()
+
+
+async def test_server_serves_django_and_socketio(server, make_topic):
+    topic = make_topic()
+    assert get(f"{server.url}/healthz") == 200
+    assert get(f"{server.url}/readyz") == 200
+    assert get(f"{server.url}/admin/login/") == 200
+    # The whitelist in the admin's database reaches the server process within 5 seconds.
+    await WhitelistedTopic.objects.acreate(topic=topic)
+    for transports in (["websocket"], ["polling"]):
+        deadline = time.monotonic() + 5
+        while True:
+            client = await RecordingClient().connect(server.url, transports=transports)
+            ready = await client.next("ready")
+            await client.close()
+            if topic in ready or time.monotonic() > deadline:
+                break
+        assert ready == [topic]
+    client = await RecordingClient().connect(server.url)
+    assert await client.next("ready") == [topic]
+    assert await client.ok("subscribe", topic) == [{"topic": topic, "partition": 0, "offset": 0}]
+    await client.close()
+
+
+def test_daphne_keeps_a_stalled_client_bounded(kafka, make_topic, transactional_db):
+    """daphne's websocket send has no backpressure: the service must bound what waits for a stalled client."""
+    topic = make_topic()
+    kafka.produce(topic, [{"i": i, "pad": "x" * 1000} for i in range(60_000)])
+    env = {
+        "KASOCKI_ALLOWED_TOPICS": topic,
+        "KASOCKI_MAX_BACKLOG_BYTES": str(1024 * 1024),
+        "KASOCKI_SLOW_CLIENT_TIMEOUT": "4",
+    }
+    server = ServerProcess("daphne", kafka, env)
+    try:
+        rss_before = psutil.Process(server.process.pid).memory_info().rss
+        ws = RawWebSocket(server.url, "/socket.io/?EIO=4&transport=websocket")
+        assert ws.recv().startswith("0{")
+        ws.send("40")
+        while not ws.recv().startswith("40"):
+            pass
+        ws.send("420" + orjson.dumps(["subscribe", {"topic": topic, "partition": 0, "offset": 0}]).decode())
+        while not ws.recv().startswith("430"):
+            pass
+        ws.send('421["start",null]')
+        # Stop reading. 60 MB are available; the server must pause, then drop us.
+        process = psutil.Process(server.process.pid)
+        deadline = time.monotonic() + 30
+        while _server_holds(process, ws) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        closed = not _server_holds(process, ws)
+        growth = psutil.Process(server.process.pid).memory_info().rss - rss_before
+        assert growth < 50 * 1024 * 1024, f"daphne grew by {growth / 2**20:.0f} MB"
+        assert closed, "the stalled client was not disconnected"
+    finally:
+        ws.close()
+        server.stop()
+
+
+def _server_holds(process: psutil.Process, ws: RawWebSocket) -> bool:
+    """True while the server process still has our TCP connection open."""
+    ours = ws.sock.getsockname()[1]
+    return any(c.raddr and c.raddr.port == ours and c.status == "ESTABLISHED" for c in process.net_connections())
