@@ -9,4 +9,5 @@ app_name = "kasocki"
 urlpatterns = [
     path("healthz", views.healthz, name="healthz"),
     path("readyz", views.readyz, name="readyz"),
+    path("", views.viewer, name="viewer"),
 ]

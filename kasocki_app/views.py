@@ -1,8 +1,9 @@
-"""Health endpoints for load balancers and orchestrators."""
+"""Health endpoints for load balancers and orchestrators, and the live viewer page."""
 
 from __future__ import annotations
 
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import render
 
 from .exceptions import KafkaError
 from .kafka import cluster
@@ -20,3 +21,8 @@ async def readyz(request: HttpRequest) -> JsonResponse:
     except KafkaError as exc:
         return JsonResponse({"status": "unavailable", "reason": exc.message, "code": exc.details.get("code")}, status=503)
     return JsonResponse({"status": "ok", "topics": len(topics)})
+
+
+def viewer(request: HttpRequest) -> HttpResponse:
+    """The live viewer page; its script speaks the Kasocki protocol to this site's socket.io endpoint."""
+    return render(request, "kasocki_app/viewer.html")
