@@ -1,0 +1,230 @@
+"""The viewer page in headless Chromium: topics, start positions, live rows, filters and errors.
+
+tests/js/viewer_browser.mjs drives the page with playwright-core and reports what it saw as JSON lines;
+these tests produce the records when the driver says the page is streaming and check its reports.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import pytest
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+ROOT = Path(__file__).resolve().parent.parent
+DRIVER = ROOT / "tests" / "js" / "viewer_browser.mjs"
+SCREENSHOT = ROOT / "artifacts" / "viewer.png"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+MAX_ROWS = 500  # the table's bound, in viewer.js
+HOUR_MS = 3_600_000
+
+
+class BrowserDriver:
+    """The node driver in a subprocess; its JSON lines are read with a timeout each."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        node = shutil.which("node")
+        chromium = os.environ.get("KASOCKI_CHROMIUM") or shutil.which("chromium")
+        if node is None or chromium is None or not (ROOT / "node_modules" / "playwright-core").is_dir():
+            pytest.fail("the browser test needs node, `npm ci` and Chromium (scripts/ensure_chromium.py installs it)")
+        self.process = subprocess.Popen(
+            [node, str(DRIVER), json.dumps({**config, "chromium": chromium})],
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.stderr: list[str] = []
+        assert self.process.stdout is not None and self.process.stderr is not None
+        threading.Thread(target=self._pump, args=(self.process.stdout, self.lines.put), daemon=True).start()
+        threading.Thread(target=self._pump, args=(self.process.stderr, self.stderr.append), daemon=True).start()
+
+    @staticmethod
+    def _pump(stream: IO[str], put: Callable[[str | None], None]) -> None:
+        for line in stream:
+            put(line)
+        put(None)
+
+    def expect(self, event: str, timeout: float = 60) -> None:
+        report = self._next(timeout)
+        assert report.get("event") == event, f"expected the driver to report {event!r}, got {report}"
+
+    def result(self, timeout: float = 60) -> dict[str, Any]:
+        report = self._next(timeout)
+        assert "result" in report, f"expected the driver's result, got {report}"
+        assert self.process.wait(timeout) == 0, self._stderr()
+        return report["result"]
+
+    def _next(self, timeout: float) -> dict[str, Any]:
+        try:
+            line = self.lines.get(timeout=timeout)
+        except queue.Empty:
+            pytest.fail(f"the browser driver reported nothing for {timeout}s{self._stderr()}")
+        if line is None:
+            pytest.fail(f"the browser driver exited with {self.process.wait(10)}{self._stderr()}")
+        report = json.loads(line)
+        if "error" in report:
+            pytest.fail(f"the browser driver failed: {report['error']}{self._stderr()}")
+        return report
+
+    def _stderr(self) -> str:
+        text = "".join(line for line in self.stderr if line)
+        return f"\nstderr:\n{text}" if text else ""
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(10)
+
+
+@pytest.fixture
+def browser(asgi_server: Any) -> Iterator[Callable[..., BrowserDriver]]:
+    """Start the browser driver on the live server's viewer page (killed after the test if still running)."""
+    drivers: list[BrowserDriver] = []
+
+    def run(scenario: str, **config: Any) -> BrowserDriver:
+        driver = BrowserDriver({"scenario": scenario, "url": f"{asgi_server.url}/", **config})
+        drivers.append(driver)
+        return driver
+
+    yield run
+    for driver in drivers:
+        driver.close()
+
+
+def reading(seq: int) -> dict[str, Any]:
+    """A record: even ``seq`` are red, odd ones blue."""
+    return {
+        "seq": seq,
+        "color": "red" if seq % 2 == 0 else "blue",
+        "station": {"id": f"st-{seq % 3}", "city": ["Lyon", "Porto", "Turku"][seq % 3]},
+        "celsius": round(12.5 + (seq % 9) * 0.75, 2),
+    }
+
+
+def test_viewer_streams_filters_and_shows_filter_errors(kafka, make_topic, allow, browser):
+    topic = make_topic()
+    allow(topic)
+    SCREENSHOT.parent.mkdir(exist_ok=True)
+    SCREENSHOT.unlink(missing_ok=True)
+    first, second = range(600), range(600, 611)
+    driver = browser(
+        "stream",
+        topic=topic,
+        timezone="UTC",
+        lastSeq=first[-1],
+        filter={"color": "red"},
+        lastFilteredSeq=second[-1],
+        invalidFilter={"color": "/(unclosed/"},
+        screenshot=str(SCREENSHOT),
+    )
+
+    driver.expect("streaming")
+    kafka.produce(topic, [reading(seq) for seq in first], key="station-feed")
+    driver.expect("filtered")
+    kafka.produce(topic, [reading(seq) for seq in second], key="station-feed")
+    result = driver.result()
+
+    # Every record arrived in order, newest on top, and the table kept only the newest MAX_ROWS.
+    streamed = result["streamed"]
+    assert [row["body"]["seq"] for row in streamed["rows"]] == list(reversed(first))[:MAX_ROWS]
+    assert streamed["counters"]["count"] == len(first)
+    assert streamed["counters"]["shown"] == f"showing the newest {MAX_ROWS}"
+    newest = streamed["rows"][0]
+    assert newest["body"] == reading(first[-1])
+    assert (newest["topic"], newest["partition"], newest["offset"], newest["key"]) == (
+        topic,
+        0,
+        first[-1],
+        "station-feed",
+    )
+
+    # After the filter was accepted only red records arrived.
+    filtered = result["filtered"]
+    assert filtered["applied"] == {"error": None, "status": "active"}
+    after = [row["body"]["seq"] for row in filtered["rows"] if row["body"]["seq"] >= second[0]]
+    assert after == [seq for seq in reversed(second) if seq % 2 == 0]
+    assert len(filtered["rows"]) == MAX_ROWS
+    assert filtered["counters"]["count"] == len(first) + len(after)
+
+    # Invalid filters are explained inline; the server keeps the previous filter.
+    assert result["notJson"]["error"].startswith("Not valid JSON")
+    assert result["rejected"]["error"].startswith("InvalidFilterError: filter 'color': invalid or unsupported")
+    assert result["rejected"]["status"] == "edited"
+
+    # A click shows the whole message.
+    assert result["detail"]["title"] == f"{topic} / partition 0 / offset {second[-1]}"
+    message = result["detail"]["message"]
+    kafka_meta = message.pop("_kafka")
+    assert message == reading(second[-1])
+    assert {k: kafka_meta[k] for k in ("topic", "partition", "offset", "key")} == {
+        "topic": topic,
+        "partition": 0,
+        "offset": second[-1],
+        "key": "station-feed",
+    }
+    assert isinstance(kafka_meta["timestamp"], int)
+
+    assert result["errors"] == []
+    assert result["pageErrors"] == []
+    assert result["counters"]["state"] == "streaming"
+    png = SCREENSHOT.read_bytes()
+    assert png.startswith(PNG_SIGNATURE) and len(png) > 10_000
+
+
+def test_viewer_starts_from_a_date_or_offsets_and_lists_server_errors(kafka, make_topic, allow, browser):
+    topic = make_topic(partitions=2)
+    now = int(time.time() * 1000)
+    old, recent = now - 3 * HOUR_MS, now - HOUR_MS
+    kafka.produce(topic, [reading(seq) for seq in (0, 1, 2)], partition=0, timestamp=old)
+    kafka.produce(topic, [reading(seq) for seq in (3, 4)], partition=0, timestamp=recent)
+    kafka.produce(topic, [reading(seq) for seq in (10, 11)], partition=1, timestamp=old)
+    kafka.produce(topic, [reading(12)], partition=1, timestamp=recent)
+    allow(topic)
+    driver = browser(
+        "positions",
+        topic=topic,
+        # Not UTC: the page must read the date and time the user typed as local time.
+        timezone="Asia/Kolkata",
+        since=now - 2 * HOUR_MS,
+        expectTimeRows=3,
+        offsets="0:1 1:9",
+        expectOffsetRows=4,
+        badOffsets="7:0",
+    )
+    result = driver.result()
+
+    time_start = result["time"]
+    assert time_start["assignments"] == [
+        {"topic": topic, "partition": 0, "offset": 3},
+        {"topic": topic, "partition": 1, "offset": 2},
+    ]
+    assert sorted(row["body"]["seq"] for row in time_start["rows"]) == [3, 4, 12]
+
+    # Offset 9 is past partition 1's end: the server starts it at the latest offset and says so.
+    offsets = result["offsets"]
+    assert offsets["assignments"] == [
+        {"topic": topic, "partition": 0, "offset": 1},
+        {"topic": topic, "partition": 1, "offset": 3, "reset_from": 9},
+    ]
+    assert sorted(row["body"]["seq"] for row in offsets["rows"]) == [1, 2, 3, 4]
+
+    bad = result["bad"]
+    assert bad["state"] == "idle"
+    assert [(e["name"], e["message"]) for e in bad["errors"]] == [
+        ("PartitionNotAvailableError", f"topic {topic!r} has no partition 7")
+    ]
+    assert "on subscribe" in bad["errors"][0]["details"]
+    assert result["pageErrors"] == []
