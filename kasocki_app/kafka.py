@@ -148,6 +148,19 @@ class Cluster:
         except KafkaException as exc:
             raise kafka_error(exc) from None
 
+    def describe(self, names: list[str], timeout: float = 3.0) -> dict[str, list[tuple[int, int]]]:
+        """Blocking: (earliest, latest) offsets per partition of each existing topic, for the admin pages."""
+        metadata = self.admin().list_topics(timeout=timeout).topics
+        partitions = [
+            (t, p) for t in names if t in metadata and metadata[t].error is None for p in metadata[t].partitions
+        ]
+        earliest = self._list_offsets({tp: OffsetSpec.earliest() for tp in partitions})
+        latest = self._list_offsets({tp: OffsetSpec.latest() for tp in partitions})
+        facts: dict[str, list[tuple[int, int]]] = {}
+        for topic, partition in sorted(partitions):
+            facts.setdefault(topic, []).append((earliest[(topic, partition)], latest[(topic, partition)]))
+        return facts
+
     async def watermarks(self, partitions: list[tuple[str, int]]) -> dict[tuple[str, int], tuple[int, int]]:
         """(earliest, latest) offsets of each partition."""
 

@@ -161,6 +161,10 @@ class Connection:
         except KafkaError as exc:
             await self.report(exc, "connect")
             available = {}
+        except Exception:  # the database, most likely: the client must still hear something
+            logger.exception("sid %s: listing the allowed topics failed", self.sid)
+            await self.report(InternalError("listing the allowed topics failed"), "connect")
+            available = {}
         await self.outbound.emit("ready", sorted(available))
 
     async def subscribe(self, arg: Any) -> list[dict[str, Any]]:

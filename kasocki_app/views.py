@@ -19,7 +19,9 @@ async def readyz(request: HttpRequest) -> JsonResponse:
     try:
         topics = await cluster.topics(fresh=True)
     except KafkaError as exc:
-        return JsonResponse({"status": "unavailable", "reason": exc.message, "code": exc.details.get("code")}, status=503)
+        return JsonResponse(
+            {"status": "unavailable", "reason": exc.message, "code": exc.details.get("code")}, status=503
+        )
     return JsonResponse({"status": "ok", "topics": len(topics)})
 
 

@@ -233,3 +233,13 @@ async def test_client_sent_disconnect_event_does_not_close_the_connection(kafka,
     assert err["name"] == "UnknownEventError"
     kafka.produce(topic, [{"still": "here"}])
     assert (await client.ok("consume", None))["still"] == "here"
+
+
+async def test_message_builder_is_replaceable(kafka, make_topic, allow, connect, settings):
+    settings.KASOCKI_MESSAGE_BUILDER = "tests.builders.envelope"
+    topic = make_topic()
+    allow(topic)
+    kafka.produce(topic, [{"private": True}, {"i": 1}])
+    client = await connect()
+    await client.ok("subscribe", {"topic": topic, "partition": 0, "offset": 0})
+    assert await client.ok("consume", None) == {"data": {"i": 1}, "position": f"{topic}/0/1"}
