@@ -65,9 +65,9 @@ class WhitelistedTopicAdmin(admin.ModelAdmin):
             return "Kafka unreachable"
         return str(len(facts[entry.topic])) if entry.topic in facts else "topic does not exist"
 
-    @admin.display(description="offsets (earliest–latest per partition)")
+    @admin.display(description="offsets (earliest-latest per partition)")
     def offsets(self, entry: WhitelistedTopic) -> str:
         facts = _facts.get()
         if not facts or entry.topic not in facts:
-            return "–"
-        return ", ".join(f"{p}: {low}–{high}" for p, (low, high) in enumerate(facts[entry.topic]))
+            return "-"
+        return ", ".join(f"{p}: {low}-{high}" for p, (low, high) in enumerate(facts[entry.topic]))

@@ -21,7 +21,7 @@ def whitelisted(kafka, make_topic, db):
 def test_changelist_shows_partitions_and_offsets(admin_client, whitelisted):
     page = admin_client.get("/admin/kasocki_app/whitelistedtopic/").content.decode()
     assert whitelisted in page and "demo stream" in page
-    assert "0: 0–0, 1: 0–3" in page
+    assert "0: 0-0, 1: 0-3" in page
     assert "topic does not exist" in page
 
 
@@ -33,7 +33,7 @@ def test_changelist_search(admin_client, whitelisted):
 def test_change_page_shows_offsets(admin_client, whitelisted):
     entry = WhitelistedTopic.objects.get(topic=whitelisted)
     page = admin_client.get(f"/admin/kasocki_app/whitelistedtopic/{entry.pk}/change/").content.decode()
-    assert "0: 0–0, 1: 0–3" in page
+    assert "0: 0-0, 1: 0-3" in page
 
 
 def test_changelist_says_when_kafka_is_unreachable(admin_client, db):
