@@ -1,0 +1,84 @@
+"""The benchmark's lean socket.io client works against the live server (no timing is checked here)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from bench.client import LeanClient
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def records(count: int) -> list[dict]:
+    return [{"id": i, "bucket": i % 3, "nested": {"n": i}} for i in range(count)]
+
+
+async def test_lean_client_connects_subscribes_and_streams(kafka, make_topic, allow, asgi_server):
+    topic = make_topic(partitions=2)
+    kafka.produce(topic, records(6), partition=0)
+    kafka.produce(topic, records(4), partition=1)
+    allow(topic)
+    client = await LeanClient.connect(asgi_server.url)
+    try:
+        assert client.sid
+        assert topic in await client.next_event("ready")
+        assignments = [{"topic": topic, "partition": p, "offset": 0} for p in range(2)]
+        err, res = await client.call("subscribe", assignments)
+        assert err is None
+        assert [(a["partition"], a["offset"]) for a in res] == [(0, 0), (1, 0)]
+
+        received: list[dict] = []
+        done = asyncio.get_running_loop().create_future()
+
+        def on_message(message: dict) -> None:
+            received.append(message)
+            if len(received) == 10 and not done.done():
+                done.set_result(None)
+
+        client.on("message", on_message)
+        assert await client.call("start", None) == (None, None)
+        await asyncio.wait_for(done, 20)
+        assert sorted((m["_kafka"]["partition"], m["_kafka"]["offset"]) for m in received) == [
+            *((0, o) for o in range(6)),
+            *((1, o) for o in range(4)),
+        ]
+        assert received[0]["nested"] == {"n": received[0]["id"]}
+        assert (await client.call("stop", None))[0] is None
+    finally:
+        await client.close()
+
+
+async def test_lean_client_consume_acks_and_batches(kafka, make_topic, allow, asgi_server):
+    topic = make_topic()
+    kafka.produce(topic, records(9))
+    allow(topic)
+    client = await LeanClient.connect(asgi_server.url)
+    try:
+        await client.next_event("ready")
+        await client.ok("subscribe", [{"topic": topic, "partition": 0, "offset": 0}])
+        await client.ok("filter", {"bucket": 1})
+        first, second = await asyncio.gather(client.ok("consume"), client.ok("consume"))
+        assert sorted([first["id"], second["id"]]) == [1, 4]
+
+        batches: list[list[dict]] = []
+        client.on("messages", batches.append)
+        await client.ok("start", {"batch": 10})
+        for _ in range(100):
+            if batches:
+                break
+            await asyncio.sleep(0.1)
+        assert [m["id"] for m in batches[0]] == [7]
+    finally:
+        await client.close()
+
+
+async def test_lean_client_reports_error_acks(kafka, asgi_server):
+    client = await LeanClient.connect(asgi_server.url)
+    try:
+        await client.next_event("ready")
+        err, res = await client.call("consume", None)
+        assert res is None and err["name"] == "NotSubscribedError"
+    finally:
+        await client.close()
