@@ -1,0 +1,166 @@
+"""The broker and the topics the benchmark reads: start or reuse a broker, create topics, produce data."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import socket
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from bench.data import FILTER_BUCKET, Records
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def load_broker_script() -> Any:
+    """scripts/kafka.py as a module (it is a standalone script, not a package)."""
+    spec = importlib.util.spec_from_file_location("kasocki_kafka_script", ROOT / "scripts" / "kafka.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def reachable(bootstrap: str, timeout: float = 1.0) -> bool:
+    host, _, port = bootstrap.split(",")[0].rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+def start_or_reuse_broker() -> tuple[str, Callable[[], None] | None]:
+    """(bootstrap, stop callable or None when an already running broker is reused)."""
+    configured = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if configured and reachable(configured):
+        return configured, None
+    script = load_broker_script()
+    name = f"bench-{os.getpid()}"
+    broker = script.start(name)
+    return broker.bootstrap, lambda: script.stop(name)
+
+
+def broker_port(bootstrap: str) -> int:
+    return int(bootstrap.split(",")[0].rpartition(":")[2])
+
+
+class Topics:
+    """Creates uniquely named topics on one broker and deletes them at the end."""
+
+    def __init__(self, bootstrap: str, run_id: str | None = None) -> None:
+        self.bootstrap = bootstrap
+        self.run_id = run_id or uuid.uuid4().hex[:8]
+        self.admin = AdminClient({"bootstrap.servers": bootstrap})
+        self.created: list[str] = []
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.admin.list_topics(timeout=5)
+                return
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
+    def create(self, label: str, partitions: int) -> str:
+        name = f"bench-{self.run_id}-{label}"
+        futures = self.admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])
+        futures[name].result(30)
+        self.created.append(name)
+        deadline = time.monotonic() + 30
+        while True:
+            topic = self.admin.list_topics(topic=name, timeout=10).topics.get(name)
+            if (
+                topic is not None
+                and topic.error is None
+                and len(topic.partitions) == partitions
+                and all(p.leader >= 0 for p in topic.partitions.values())
+            ):
+                return name
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"topic {name} did not appear")
+            time.sleep(0.05)
+
+    def delete_all(self) -> None:
+        if not self.created:
+            return
+        for future in self.admin.delete_topics(self.created, operation_timeout=30).values():
+            with contextlib.suppress(Exception):
+                future.result(30)
+        self.created.clear()
+
+
+def watermarks(bootstrap: str, topic: str, partitions: int) -> list[tuple[int, int]]:
+    """(low, high) offsets of each partition."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "kasocki-bench", "enable.auto.commit": False})
+    try:
+        return [consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10) for p in range(partitions)]
+    finally:
+        consumer.close()
+
+
+def produce_dataset(bootstrap: str, topic: str, partitions: int, count: int, seed: int = 1) -> dict[str, Any]:
+    """Write ``count`` records round-robin over the partitions, as fast as the broker takes them.
+
+    The last record of each partition has ``bucket`` = FILTER_BUCKET, so a client
+    reading with that filter knows when it has seen the end of every partition.
+    """
+    records = Records(seed=seed)
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "linger.ms": 20,
+            "batch.size": 1_000_000,
+            "batch.num.messages": 10_000,
+            "queue.buffering.max.kbytes": 256 * 1024,
+            "queue.buffering.max.messages": 500_000,
+            "compression.type": "none",
+            "acks": 1,
+        }
+    )
+    errors: list[Any] = []
+
+    def on_delivery(err: Any, _msg: Any) -> None:
+        if err is not None:
+            errors.append(err)
+
+    total_bytes = 0
+    began = time.perf_counter()
+    last_of = {count - 1 - k for k in range(min(partitions, count))}
+    for index in range(count):
+        value = records.value(index, FILTER_BUCKET if index in last_of else None)
+        total_bytes += len(value)
+        while True:
+            try:
+                producer.produce(topic, value=value, partition=index % partitions, on_delivery=on_delivery)
+                break
+            except BufferError:
+                producer.poll(0.05)
+        if index % 10_000 == 0:
+            producer.poll(0)
+    remaining = producer.flush(120)
+    elapsed = time.perf_counter() - began
+    if remaining or errors:
+        raise RuntimeError(f"producing the dataset failed: {remaining} not delivered, errors {errors[:3]}")
+    marks = watermarks(bootstrap, topic, partitions)
+    return {
+        "topic": topic,
+        "partitions": partitions,
+        "records": count,
+        "mean_value_bytes": round(total_bytes / max(1, count)),
+        "produce_seconds": round(elapsed, 2),
+        "high_watermarks": [high for _low, high in marks],
+    }
