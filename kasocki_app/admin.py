@@ -23,8 +23,9 @@ _facts: contextvars.ContextVar[dict[str, list[tuple[int, int]]] | None] = contex
 
 @admin.register(WhitelistedTopic)
 class WhitelistedTopicAdmin(admin.ModelAdmin):
-    list_display = ("topic", "enabled", "description", "partitions", "offsets", "updated")
-    list_filter = ("enabled",)
+    list_display = ("topic", "enabled", "access", "description", "partitions", "offsets", "updated")
+    list_filter = ("enabled", "access")
+    filter_horizontal = ("groups",)
     search_fields = ("topic", "description")
     readonly_fields = ("created", "updated", "partitions", "offsets")
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import topics
+from .access import ANONYMOUS, Principal
 from .conf import conf
 from .exceptions import InvalidAssignmentError, PartitionNotAvailableError, TopicNotAvailableError
 from .kafka import cluster
@@ -14,11 +15,11 @@ from .protocol import AssignmentRequest
 Position = dict[str, Any]  # {"topic", "partition", "offset"[, "reset_from"]}
 
 
-async def resolve(requests: list[AssignmentRequest]) -> list[Position]:
+async def resolve(requests: list[AssignmentRequest], principal: Principal = ANONYMOUS) -> list[Position]:
     """Check access and partitions, then turn each request into a concrete starting offset per partition."""
-    available = await topics.available_topics()
+    available = await topics.available_topics(principal)
     if any(r.topic not in available for r in requests):
-        available = await topics.available_topics(fresh=True)  # the topic may be brand new
+        available = await topics.available_topics(principal, fresh=True)  # the topic may be brand new
     wanted: dict[tuple[str, int], AssignmentRequest] = {}
     for request in requests:
         if request.topic not in available:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 from django.conf import settings
@@ -70,4 +71,30 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
                 id="kasocki_app.E006",
             )
         )
+    proxies = getattr(settings, "KASOCKI_TRUSTED_PROXIES", [])
+    try:
+        for proxy in proxies:
+            ipaddress.ip_network(proxy, strict=False)
+    except (TypeError, ValueError):
+        errors.append(
+            Error(
+                "KASOCKI_TRUSTED_PROXIES must be a list of IP addresses or networks.",
+                hint="For example ['10.0.0.0/8', '127.0.0.1']; X-Forwarded-For is believed only from these.",
+                id="kasocki_app.E007",
+            )
+        )
+    authenticator = conf.token_authenticator
+    if authenticator:
+        try:
+            callable_ok = callable(import_string(authenticator))
+        except ImportError:
+            callable_ok = False
+        if not callable_ok:
+            errors.append(
+                Error(
+                    "KASOCKI_TOKEN_AUTHENTICATOR must be the dotted path of a callable.",
+                    hint="It is called with the token and returns a user or None.",
+                    id="kasocki_app.E008",
+                )
+            )
     return errors

@@ -37,6 +37,13 @@ DEFAULTS: dict[str, Any] = {
     "KASOCKI_MAX_BACKLOG_BYTES": 8 * 1024 * 1024,
     "KASOCKI_SLOW_CLIENT_TIMEOUT": 30.0,
     "KASOCKI_ASSIGNMENT_CHECK_SECONDS": 1.0,
+    "KASOCKI_MAX_CONNECTIONS": 5000,
+    "KASOCKI_MAX_CONNECTIONS_PER_IP": 50,
+    "KASOCKI_MAX_CONNECTION_RATE_PER_IP": 20,
+    "KASOCKI_MAX_CONSUMERS": 2000,
+    "KASOCKI_IDLE_TIMEOUT": 900.0,
+    "KASOCKI_TRUSTED_PROXIES": [],
+    "KASOCKI_TOKEN_AUTHENTICATOR": "",
 }
 
 RESET_POLICIES = ("latest", "earliest")
@@ -150,6 +157,35 @@ class Settings:
     @property
     def assignment_check_seconds(self) -> float:
         return float(self._get("KASOCKI_ASSIGNMENT_CHECK_SECONDS"))
+
+    @property
+    def max_connections(self) -> int:
+        return int(self._get("KASOCKI_MAX_CONNECTIONS"))
+
+    @property
+    def max_connections_per_ip(self) -> int:
+        return int(self._get("KASOCKI_MAX_CONNECTIONS_PER_IP"))
+
+    @property
+    def max_connection_rate_per_ip(self) -> int:
+        return int(self._get("KASOCKI_MAX_CONNECTION_RATE_PER_IP"))
+
+    @property
+    def max_consumers(self) -> int:
+        return int(self._get("KASOCKI_MAX_CONSUMERS"))
+
+    @property
+    def idle_timeout(self) -> float:
+        """Seconds a subscription may sit unused before it is dropped; 0 turns reaping off."""
+        return float(self._get("KASOCKI_IDLE_TIMEOUT"))
+
+    @property
+    def trusted_proxies(self) -> list[str]:
+        return list(self._get("KASOCKI_TRUSTED_PROXIES"))
+
+    @property
+    def token_authenticator(self) -> str:
+        return str(self._get("KASOCKI_TOKEN_AUTHENTICATOR") or "")
 
 
 conf = Settings()

@@ -74,6 +74,22 @@ class PartitionsChangedError(KasockiError):
     """A subscribed topic gained partitions; the new ones are read from their start."""
 
 
+class TooManyConnectionsError(KasockiError):
+    """A connection limit of this process (total, per address, or per address per second) is reached."""
+
+
+class TooManyConsumersError(KasockiError):
+    """This process already runs KASOCKI_MAX_CONSUMERS Kafka consumers; subscribe later."""
+
+
+class AuthenticationFailedError(KasockiError):
+    """The token in the socket.io ``auth`` payload was refused (or tokens are not accepted)."""
+
+
+class IdleTimeoutError(KasockiError):
+    """The subscription was idle (no consume, no stream) for KASOCKI_IDLE_TIMEOUT; the server disconnects."""
+
+
 class KafkaError(KasockiError):
     """Kafka failed (broker unreachable, topic gone, ...); ``code`` is Kafka's error code name."""
 

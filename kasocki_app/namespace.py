@@ -9,6 +9,7 @@ from typing import Any
 
 import socketio
 
+from .access import client_address, principal_for
 from .exceptions import InternalError, InvalidArgumentError, KasockiError, UnknownEventError
 from .outbound import Outbound
 from .service import Connection, Service
@@ -39,7 +40,22 @@ class KasockiNamespace(socketio.AsyncNamespace):
         return await self._handle(args[0], name, lambda c: _raise(UnknownEventError(f"unknown event {name!r}")))
 
     async def on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
-        connection = self.service.open(sid, Outbound(self.server, sid, self.namespace))
+        address = client_address(environ)
+        try:
+            self.service.limiter.admit(address)
+        except KasockiError as exc:
+            logger.info("refused a connection from %s: %s", address, exc.message)
+            raise socketio.exceptions.ConnectionRefusedError(exc.message, exc.to_dict("connect")) from None
+        try:
+            principal = await principal_for(environ, auth)
+        except KasockiError as exc:
+            self.service.limiter.release(address)
+            raise socketio.exceptions.ConnectionRefusedError(exc.message, exc.to_dict("connect")) from None
+        except BaseException:
+            self.service.limiter.release(address)
+            raise
+        connection = self.service.open(sid, Outbound(self.server, sid, self.namespace), principal, address)
+        logger.info("sid %s connected from %s as %s", sid, address, principal.username or "anonymous")
         connection.spawn(connection.send_ready())
 
     async def on_disconnect(self, sid: str, reason: Any = None) -> None:

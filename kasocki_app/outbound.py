@@ -129,6 +129,10 @@ class Outbound:
         return total
 
     async def disconnect(self) -> None:
+        """Disconnect after what is already queued for the client (socket.io DISCONNECT packet)."""
+        await self._sio.disconnect(self.sid, namespace=self.namespace)
+
+    async def abort(self) -> None:
         """Drop the client at once: a graceful close would wait for it to read its backlog."""
         transport = _transports.pop(self.eio_sid, None)
         if transport is not None:

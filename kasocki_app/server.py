@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import socketio
@@ -23,6 +24,17 @@ def cors_origins() -> str | list[str] | None:
     return origins
 
 
+# Servers built in this process, so that setting changes (tests, mostly) reach them.
+_servers: weakref.WeakSet[socketio.AsyncServer] = weakref.WeakSet()
+
+
+def apply_settings() -> None:
+    """Re-read the settings engine.io holds (allowed origins, payload size) into every built server."""
+    for sio in _servers:
+        sio.eio.cors_allowed_origins = cors_origins()
+        sio.eio.max_http_buffer_size = conf.max_payload_bytes
+
+
 def build_server(service: Service | None = None) -> socketio.AsyncServer:
     sio = socketio.AsyncServer(
         async_mode="asgi",
@@ -33,6 +45,7 @@ def build_server(service: Service | None = None) -> socketio.AsyncServer:
         engineio_logger=False,
     )
     sio.register_namespace(KasockiNamespace(service or Service()))
+    _servers.add(sio)
     return sio
 
 

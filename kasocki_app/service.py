@@ -21,10 +21,12 @@ from confluent_kafka import Message
 from django.utils.module_loading import import_string
 
 from . import assignments, topics
+from .access import ANONYMOUS, Principal
 from .conf import conf
 from .exceptions import (
     AlreadyStartedError,
     AlreadySubscribedError,
+    IdleTimeoutError,
     InternalError,
     KafkaError,
     KasockiError,
@@ -32,11 +34,13 @@ from .exceptions import (
     OffsetOutOfRangeError,
     PartitionsChangedError,
     SlowClientError,
+    TooManyConsumersError,
     TooManyRequestsError,
     TopicNotAvailableError,
 )
 from .filters import Predicate, compile_filters
-from .kafka import KafkaSource, cluster, kafka_error
+from .kafka import ConsumerCounts, KafkaSource, cluster, kafka_error
+from .limits import ConnectionLimiter
 from .messages import UndecodableMessage
 from .protocol import AssignmentRequest, StartOptions, parse_start, parse_subscription
 
@@ -44,6 +48,8 @@ logger = logging.getLogger(__name__)
 
 # The same stream error is reported to a client at most once per this many seconds.
 ERROR_REPEAT_SECONDS = 5.0
+# Consumers being created right now (counted against KASOCKI_MAX_CONSUMERS with the open ones).
+_consumers_starting = 0
 
 
 class Source(Protocol):
@@ -75,6 +81,8 @@ class Outbound(Protocol):
 
     async def disconnect(self) -> None: ...
 
+    async def abort(self) -> None: ...
+
 
 SourceFactory = Callable[[], Awaitable[Source]]
 
@@ -82,9 +90,19 @@ SourceFactory = Callable[[], Awaitable[Source]]
 class Connection:
     """One socket.io client's subscription, filter and streams."""
 
-    def __init__(self, sid: str, outbound: Outbound, source_factory: SourceFactory = KafkaSource.create) -> None:
+    def __init__(
+        self,
+        sid: str,
+        outbound: Outbound,
+        source_factory: SourceFactory = KafkaSource.create,
+        principal: Principal = ANONYMOUS,
+        address: str = "",
+    ) -> None:
         self.sid = sid
+        self.principal = principal
+        self.address = address
         self.connected_at = time.time()
+        self.last_active = time.monotonic()
         self.requests: list[AssignmentRequest] = []
         self.assignments: list[dict[str, Any]] | None = None
         self.filters: dict[str, Any] | None = None
@@ -121,10 +139,12 @@ class Connection:
                 limit=conf.max_inflight_requests,
             )
         self._tasks.add(task)
+        self.last_active = time.monotonic()
         try:
             yield
         finally:
             self._tasks.discard(task)
+            self.last_active = time.monotonic()
 
     def spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
         """Start a background task owned by this connection."""
@@ -157,7 +177,7 @@ class Connection:
     async def send_ready(self) -> None:
         """Tell the client which topics it may subscribe to."""
         try:
-            available = await topics.available_topics(fresh=True)
+            available = await topics.available_topics(self.principal, fresh=True)
         except KafkaError as exc:
             await self.report(exc, "connect")
             available = {}
@@ -174,8 +194,8 @@ class Connection:
         self._subscribing = True
         self._subscribe_done.clear()
         try:
-            positions = await assignments.resolve(requests)
-            source = await self._source_factory()
+            positions = await assignments.resolve(requests, self.principal)
+            source = await self._create_source()
             if self.closed:
                 await source.close()
                 raise asyncio.CancelledError
@@ -190,8 +210,38 @@ class Connection:
         self._next_check = time.monotonic() + conf.assignment_check_seconds
         self._subscribing = False
         self._subscribe_done.set()
+        if conf.idle_timeout > 0:
+            self.spawn(self._reap_when_idle())
         logger.info("sid %s subscribed to %s", self.sid, positions)
         return positions
+
+    async def _create_source(self) -> Source:
+        """A new source, within the process's KASOCKI_MAX_CONSUMERS."""
+        global _consumers_starting
+        if ConsumerCounts.open + _consumers_starting >= conf.max_consumers:
+            raise TooManyConsumersError(
+                "this server runs as many Kafka consumers as it may; try again later", limit=conf.max_consumers
+            )
+        _consumers_starting += 1
+        try:
+            return await self._source_factory()
+        finally:
+            _consumers_starting -= 1
+
+    async def _reap_when_idle(self) -> None:
+        """Disconnect a subscription nobody uses: not streaming, no request, for KASOCKI_IDLE_TIMEOUT."""
+        timeout = conf.idle_timeout
+        while not self.closed:
+            busy = self._streaming or any(not t.done() for t in self._tasks if t is not asyncio.current_task())
+            if busy:
+                self.last_active = time.monotonic()
+            idle_for = time.monotonic() - self.last_active
+            if idle_for >= timeout:
+                await self.report(IdleTimeoutError(f"the subscription was idle for {timeout:g}s"), None)
+                logger.info("sid %s: disconnecting an idle subscription", self.sid)
+                await self.outbound.disconnect()
+                return
+            await asyncio.sleep(min(timeout - idle_for, 1.0) if busy else timeout - idle_for)
 
     def set_filter(self, arg: Any) -> dict[str, Any] | None:
         self.filters, self._predicate = compile_filters(arg)
@@ -277,7 +327,7 @@ class Connection:
                     "start",
                 )
                 self._streaming = False
-                self.spawn(self.outbound.disconnect())
+                self.spawn(self.outbound.abort())
                 return
             await asyncio.sleep(0.01)
 
@@ -372,7 +422,7 @@ class Connection:
         if self.assignments is None or self._source is None:
             return []
         try:
-            available = await topics.available_topics()
+            available = await topics.available_topics(self.principal)
         except KafkaError as exc:
             return [exc]
         changes = assignments.compare(self.requests, self.assignments, available)
@@ -435,10 +485,12 @@ class Service:
 
     def __init__(self, source_factory: SourceFactory = KafkaSource.create) -> None:
         self.connections: dict[str, Connection] = {}
+        self.limiter = ConnectionLimiter()
         self._source_factory = source_factory
 
-    def open(self, sid: str, outbound: Outbound) -> Connection:
-        connection = Connection(sid, outbound, self._source_factory)
+    def open(self, sid: str, outbound: Outbound, principal: Principal = ANONYMOUS, address: str = "") -> Connection:
+        """Register an admitted client (see ``limiter``)."""
+        connection = Connection(sid, outbound, self._source_factory, principal, address)
         self.connections[sid] = connection
         return connection
 
@@ -448,4 +500,5 @@ class Service:
     async def close(self, sid: str) -> None:
         connection = self.connections.pop(sid, None)
         if connection is not None:
+            self.limiter.release(connection.address)
             await connection.close()

@@ -5,15 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.signals import setting_changed
-from django.db.models.signals import post_delete, post_save
+from django.db.models.signals import m2m_changed, post_delete, post_save
 from django.dispatch import receiver
 
-from . import topics
+from . import server, topics
 from .kafka import cluster
 from .models import WhitelistedTopic
 
 
 @receiver([post_save, post_delete], sender=WhitelistedTopic)
+@receiver(m2m_changed, sender=WhitelistedTopic.groups.through)
 def whitelist_changed(**kwargs: Any) -> None:
     topics.invalidate()
 
@@ -23,3 +24,4 @@ def kasocki_setting_changed(setting: str, **kwargs: Any) -> None:
     if setting.startswith("KASOCKI_") or setting == "KAFKA_BOOTSTRAP_SERVERS":
         topics.invalidate()
         cluster.reset()
+        server.apply_settings()

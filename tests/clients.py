@@ -8,7 +8,7 @@ from typing import Any
 
 import socketio
 
-EVENTS = ("ready", "message", "messages", "err")
+EVENTS = ("ready", "message", "messages", "err", "connect_error")
 
 
 class RecordingClient:
@@ -26,8 +26,16 @@ class RecordingClient:
 
         return record
 
-    async def connect(self, url: str, transports: list[str] | None = None, auth: Any = None) -> RecordingClient:
-        await self.sio.connect(url, transports=transports or ["websocket"], auth=auth, wait_timeout=10)
+    async def connect(
+        self,
+        url: str,
+        transports: list[str] | None = None,
+        auth: Any = None,
+        headers: dict[str, str] | None = None,
+    ) -> RecordingClient:
+        await self.sio.connect(
+            url, transports=transports or ["websocket"], auth=auth, headers=headers or {}, wait_timeout=10
+        )
         return self
 
     async def next(self, event: str, timeout: float = 10) -> Any:

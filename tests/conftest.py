@@ -80,10 +80,12 @@ async def connect(asgi_server: LiveServer) -> AsyncIterator[Callable[..., Awaita
     """Connect socket.io clients to the live server (disconnected after the test)."""
     clients: list[RecordingClient] = []
 
-    async def connect_client(transports: list[str] | None = None, **options: Any) -> RecordingClient:
+    async def connect_client(
+        transports: list[str] | None = None, auth: Any = None, headers: dict[str, str] | None = None, **options: Any
+    ) -> RecordingClient:
         client = RecordingClient(**options)
         clients.append(client)
-        return await client.connect(asgi_server.url, transports=transports)
+        return await client.connect(asgi_server.url, transports=transports, auth=auth, headers=headers)
 
     yield connect_client
     for client in clients:

@@ -179,7 +179,7 @@ async def test_stop_when_not_started_is_fine(subscribed):
 
 async def test_stop_and_resume_lose_and_repeat_nothing(kafka, subscribed):
     client, topic = subscribed
-    total = 3000
+    total = 20_000  # enough that the stop lands while messages are still coming
     kafka.produce(topic, [{"i": i} for i in range(total)])
     await client.ok("start", None)
     received = await collect(client, "message", 10)
