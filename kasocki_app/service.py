@@ -108,6 +108,8 @@ class Connection:
         self.filters: dict[str, Any] | None = None
         self.delivered = 0
         self.skipped: Counter[str] = Counter()
+        # Next offset to read per (topic, partition), as far as records were taken (delivered or filtered out).
+        self.positions: dict[tuple[str, int], int] = {}
         self.closed = False
         self.outbound = outbound
         self._source_factory = source_factory
@@ -207,6 +209,7 @@ class Connection:
             raise
         self.requests = requests
         self.assignments = positions
+        self.positions = {(a["topic"], a["partition"]): a["offset"] for a in positions}
         self._next_check = time.monotonic() + conf.assignment_check_seconds
         self._subscribing = False
         self._subscribe_done.set()
@@ -340,6 +343,7 @@ class Connection:
         records = self._records
         predicate = self._predicate
         build = self._build_one
+        positions = self.positions
         while len(taken) < limit:
             if not records:
                 if self._source is None:
@@ -352,6 +356,7 @@ class Connection:
             if record.error() is not None:
                 self._error_records.append(record)
                 continue
+            positions[(record.topic(), record.partition())] = record.offset() + 1
             message = build(record)
             if message is not None and (predicate is None or predicate(message)):
                 taken.append(message)
