@@ -154,9 +154,10 @@ def detail(key: str, fig: dict[str, Any], figures: dict[str, Any]) -> str:
         )
     if key == "fan_in":
         return (
-            f"{_num(fig.get('clients'))} clients, {_num(m.get('delivered_rate'))} msg/s delivered "
+            f"{_num(fig.get('clients'))} clients (opened in {_num(fig.get('ramp', {}).get('ramp_seconds'))} s), "
+            f"{_num(m.get('delivered_rate'))} msg/s delivered "
             f"(expected {_num(fig.get('expected_rate'))}), p50 {_num(m.get('p50_ms'), 1)} ms, "
-            f"Kafka alone p99 {_num(m.get('control_p99_ms'), 1)} ms, server CPU {_num(m.get('server_cpu'), 2)}, "
+            f"Kafka alone p99 {_num(m.get('control_p99_ms'), 1)} ms, {_cpu(m)}, "
             f"RSS {_num(m.get('rss_mb'))} MB, {_num(m.get('threads'))} threads, "
             f"{_num(m.get('broker_connections'))} broker conns"
         )

@@ -44,6 +44,7 @@ from bench.kafka_setup import Topics, broker_port, produce_dataset, start_or_reu
 from bench.servers import (  # noqa: E402
     CEILING_APP,
     PROJECT_APP,
+    SERVER_SETTINGS,
     ProcessStats,
     ServerProcess,
     daphne_command,
@@ -499,6 +500,7 @@ class Bench:
             "plan": asdict(self.plan),
             "machine": machine(),
             "dataset": self.dataset,
+            "server_settings": SERVER_SETTINGS,
             "server_kafka_config_override": self.args.kafka_config or None,
             "server_revision": revision(),
             "figures": self.figures,

@@ -33,6 +33,14 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+# Every benchmark client connects from 127.0.0.1, so per-address connection limits
+# (where the server has them) are lifted; all other settings keep their defaults.
+SERVER_SETTINGS = {
+    "KASOCKI_MAX_CONNECTIONS_PER_IP": "100000",
+    "KASOCKI_MAX_CONNECTION_RATE_PER_IP": "100000",
+}
+
+
 def project_env(bootstrap: str, allowed_topics: list[str], database_url: str) -> dict[str, str]:
     """Environment of the project's processes: this broker, these topics, a throwaway database."""
     env = dict(os.environ)
@@ -45,6 +53,7 @@ def project_env(bootstrap: str, allowed_topics: list[str], database_url: str) ->
             "KASOCKI_ALLOWED_TOPICS": ",".join(allowed_topics),
             "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])),
             "PYTHONUNBUFFERED": "1",
+            **SERVER_SETTINGS,
         }
     )
     return env

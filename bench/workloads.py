@@ -499,6 +499,8 @@ class FanIn:
     async def ramp(self, clients: int, concurrency: int, deadline: float) -> dict[str, Any]:
         """Open up to ``clients`` clients, ``concurrency`` at a time, until the monotonic ``deadline``."""
         began = time.perf_counter()
+        client_cpu = time.process_time()
+        server_cpu = self.stats.cpu()
         next_index = 0
         gate = asyncio.Semaphore(concurrency)
 
@@ -514,18 +516,22 @@ class FanIn:
                         self.failures.append(repr(exc)[:200])
 
         await asyncio.gather(*(opener() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - began
         return {
             "clients": len(self.clients),
             "wanted": clients,
             "failed": len(self.failures),
             "failures": self.failures[:3],
-            "ramp_seconds": round(time.perf_counter() - began, 1),
+            "ramp_seconds": round(elapsed, 1),
+            "server_cpu": round((self.stats.cpu() - server_cpu) / elapsed, 2),
+            "client_cpu": round((time.process_time() - client_cpu) / elapsed, 2),
         }
 
     async def window(self, seconds: float, control: ControlConsumer | None = None) -> dict[str, Any]:
         self.samples = []
         count_before = self.count
         cpu_before = self.stats.cpu()
+        client_cpu = time.process_time()
         if control is not None:
             control.take()
             control.recording = True
@@ -542,6 +548,7 @@ class FanIn:
             "p99_ms": percentile(self.samples, 99) * 1000,
             "max_ms": (max(self.samples) if self.samples else math.nan) * 1000,
             "server_cpu": round((sample.cpu - cpu_before) / elapsed, 2),
+            "client_cpu": round((time.process_time() - client_cpu) / elapsed, 2),
             **describe(sample),
         }
         if control is not None:
