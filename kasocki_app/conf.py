@@ -37,6 +37,8 @@ DEFAULTS: dict[str, Any] = {
     "KASOCKI_MAX_BACKLOG_BYTES": 8 * 1024 * 1024,
     "KASOCKI_SLOW_CLIENT_TIMEOUT": 30.0,
     "KASOCKI_ASSIGNMENT_CHECK_SECONDS": 1.0,
+    # How often each process publishes its connections for the admin (and drops dead processes' rows).
+    "KASOCKI_REGISTRY_SECONDS": 2.0,
     "KASOCKI_MAX_CONNECTIONS": 5000,
     "KASOCKI_MAX_CONNECTIONS_PER_IP": 50,
     "KASOCKI_MAX_CONNECTION_RATE_PER_IP": 20,
@@ -44,6 +46,8 @@ DEFAULTS: dict[str, Any] = {
     "KASOCKI_IDLE_TIMEOUT": 900.0,
     "KASOCKI_TRUSTED_PROXIES": [],
     "KASOCKI_TOKEN_AUTHENTICATOR": "",
+    # Who may read /metrics: loopback and private networks (where Prometheus usually scrapes from).
+    "KASOCKI_METRICS_NETWORKS": ["127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"],
 }
 
 RESET_POLICIES = ("latest", "earliest")
@@ -159,6 +163,11 @@ class Settings:
         return float(self._get("KASOCKI_ASSIGNMENT_CHECK_SECONDS"))
 
     @property
+    def registry_seconds(self) -> float:
+        """Seconds between two publications of this process's live connections (registry.py)."""
+        return float(self._get("KASOCKI_REGISTRY_SECONDS"))
+
+    @property
     def max_connections(self) -> int:
         return int(self._get("KASOCKI_MAX_CONNECTIONS"))
 
@@ -186,6 +195,10 @@ class Settings:
     @property
     def token_authenticator(self) -> str:
         return str(self._get("KASOCKI_TOKEN_AUTHENTICATOR") or "")
+
+    @property
+    def metrics_networks(self) -> list[str]:
+        return list(self._get("KASOCKI_METRICS_NETWORKS"))
 
 
 conf = Settings()

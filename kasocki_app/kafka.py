@@ -21,6 +21,7 @@ from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 from confluent_kafka import KafkaError as RdKafkaError
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
+from . import metrics
 from .conf import conf
 from .exceptions import KafkaError
 
@@ -161,6 +162,10 @@ class Cluster:
             facts.setdefault(topic, []).append((earliest[(topic, partition)], latest[(topic, partition)]))
         return facts
 
+    def log_ends(self, partitions: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        """Blocking: the latest offset of each partition (for metrics, from a scrape's thread)."""
+        return self._list_offsets({tp: OffsetSpec.latest() for tp in partitions})
+
     async def watermarks(self, partitions: list[tuple[str, int]]) -> dict[tuple[str, int], tuple[int, int]]:
         """(earliest, latest) offsets of each partition."""
 
@@ -273,6 +278,7 @@ class KafkaSource:
             await run_blocking(self._consumer.close, timeout=conf.consumer_close_timeout)
         except KafkaError as exc:
             ConsumerCounts.abandoned += 1
+            metrics.CONSUMERS_ABANDONED.inc()
             logger.warning("abandoned a Kafka consumer whose close failed: %s", exc.message)
             return False
         return True

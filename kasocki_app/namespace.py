@@ -9,6 +9,7 @@ from typing import Any
 
 import socketio
 
+from . import logs
 from .access import client_address, principal_for
 from .exceptions import InternalError, InvalidArgumentError, KasockiError, UnknownEventError
 from .outbound import Outbound
@@ -41,6 +42,7 @@ class KasockiNamespace(socketio.AsyncNamespace):
 
     async def on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
         address = client_address(environ)
+        logs.bind(sid, address)
         try:
             self.service.limiter.admit(address)
         except KasockiError as exc:
@@ -59,6 +61,9 @@ class KasockiNamespace(socketio.AsyncNamespace):
         connection.spawn(connection.send_ready())
 
     async def on_disconnect(self, sid: str, reason: Any = None) -> None:
+        connection = self.service.get(sid)
+        if connection is not None:
+            logs.bind(sid, connection.address)
         await self.service.close(sid)
 
     async def on_subscribe(self, sid: str, *args: Any) -> Ack:
@@ -81,6 +86,7 @@ class KasockiNamespace(socketio.AsyncNamespace):
         connection = self.service.get(sid)
         if connection is None:
             return None
+        logs.bind(sid, connection.address)
         try:
             async with connection.handling():
                 result = action(connection)

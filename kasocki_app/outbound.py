@@ -19,7 +19,7 @@ from urllib.parse import parse_qs
 import orjson
 import socketio
 
-from . import jsonshim
+from . import jsonshim, metrics
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +107,7 @@ class Outbound:
     async def emit(self, event: str, data: Any) -> None:
         encoded = self._prefix + jsonshim.dumps([event, data])
         self.bytes_sent += len(encoded)
+        metrics.BYTES_SENT.inc(len(encoded))
         await self._sio.eio.send(self.eio_sid, encoded)
 
     def backlog(self) -> int:

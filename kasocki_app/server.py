@@ -7,7 +7,7 @@ from typing import Any
 
 import socketio
 
-from . import jsonshim
+from . import jsonshim, metrics
 from .conf import conf
 from .namespace import KasockiNamespace
 from .outbound import BacklogMeteredApp
@@ -44,7 +44,9 @@ def build_server(service: Service | None = None) -> socketio.AsyncServer:
         logger=False,
         engineio_logger=False,
     )
-    sio.register_namespace(KasockiNamespace(service or Service()))
+    service = service or Service()
+    sio.register_namespace(KasockiNamespace(service))
+    metrics.register(service)
     _servers.add(sio)
     return sio
 

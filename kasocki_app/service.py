@@ -20,7 +20,7 @@ from confluent_kafka import KafkaError as RdKafkaError
 from confluent_kafka import Message
 from django.utils.module_loading import import_string
 
-from . import assignments, topics
+from . import assignments, metrics, topics
 from .access import ANONYMOUS, Principal
 from .conf import conf
 from .exceptions import (
@@ -259,6 +259,7 @@ class Connection:
             await self._after_take("consume")
             if messages:
                 self.delivered += 1
+                metrics.DELIVERED.inc()
                 return messages[0]
             delay = await self._backoff(delay)
 
@@ -297,17 +298,22 @@ class Connection:
                     delay = await self._backoff(delay)
                     continue
                 delay = 0.0
+                metrics.EMIT_BATCH.observe(len(messages))
                 if batch:
                     await self.outbound.emit("messages", messages)
                     self.delivered += len(messages)
+                    metrics.DELIVERED.inc(len(messages))
                     continue
-                for index, message in enumerate(messages):
+                sent = 0
+                for message in messages:
                     if not self._streaming:
                         # stop() arrived mid-batch: keep the rest for the next consume/start.
-                        self._ready.extendleft(reversed(messages[index:]))
+                        self._ready.extendleft(reversed(messages[sent:]))
                         break
                     await self.outbound.emit("message", message)
-                    self.delivered += 1
+                    sent += 1
+                self.delivered += sent
+                metrics.DELIVERED.inc(sent)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -344,6 +350,7 @@ class Connection:
         predicate = self._predicate
         build = self._build_one
         positions = self.positions
+        filtered = 0
         while len(taken) < limit:
             if not records:
                 if self._source is None:
@@ -358,8 +365,14 @@ class Connection:
                 continue
             positions[(record.topic(), record.partition())] = record.offset() + 1
             message = build(record)
-            if message is not None and (predicate is None or predicate(message)):
+            if message is None:
+                continue
+            if predicate is None or predicate(message):
                 taken.append(message)
+            else:
+                filtered += 1
+        if filtered:
+            metrics.FILTERED.inc(filtered)
         return taken
 
     def _build_one(self, record: Message) -> dict[str, Any] | None:
@@ -371,6 +384,7 @@ class Connection:
             logger.exception("message builder failed")
             reason = "builder_error"
         self.skipped[reason] += 1
+        metrics.SKIPPED.labels(reason).inc()
         logger.warning(
             "sid %s skipped %s message at %s/%s/%s",
             self.sid,
@@ -465,6 +479,7 @@ class Connection:
     async def report(self, error: KasockiError, event: str | None) -> dict[str, Any]:
         """Send ``error`` to the client as an ``err`` event; returns the error object for an ack."""
         payload = error.to_dict(event)
+        metrics.ERRORS.labels(error.name).inc()
         with contextlib.suppress(Exception):
             await self.outbound.emit("err", payload)
         return payload

@@ -9,5 +9,6 @@ app_name = "kasocki"
 urlpatterns = [
     path("healthz", views.healthz, name="healthz"),
     path("readyz", views.readyz, name="readyz"),
+    path("metrics", views.metrics_view, name="metrics"),
     path("", views.viewer, name="viewer"),
 ]

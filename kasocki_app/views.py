@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
+from .conf import conf
 from .exceptions import KafkaError
 from .kafka import cluster
 
@@ -28,3 +32,14 @@ async def readyz(request: HttpRequest) -> JsonResponse:
 def viewer(request: HttpRequest) -> HttpResponse:
     """The live viewer page; its script speaks the Kasocki protocol to this site's socket.io endpoint."""
     return render(request, "kasocki_app/viewer.html")
+
+
+def metrics_view(request: HttpRequest) -> HttpResponse:
+    """Prometheus text format: this process's counters and gauges; only for KASOCKI_METRICS_NETWORKS."""
+    try:
+        peer = ipaddress.ip_address(request.META.get("REMOTE_ADDR", ""))
+    except ValueError:
+        peer = None
+    if peer is None or not any(peer in ipaddress.ip_network(n, strict=False) for n in conf.metrics_networks):
+        return HttpResponse("metrics are not available from your address\n", status=403, content_type="text/plain")
+    return HttpResponse(generate_latest(REGISTRY), content_type=CONTENT_TYPE_LATEST)

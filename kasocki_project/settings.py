@@ -126,13 +126,22 @@ def env_kasocki_settings() -> dict[str, object]:
 
 globals().update(env_kasocki_settings())
 
+# Every line carries the connection's sid and client address; KASOCKI_LOG_FORMAT=json for JSON lines.
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": "WARNING"},
-    "loggers": {
-        "kasocki_app": {"level": os.environ.get("KASOCKI_LOG_LEVEL", "INFO")},
+    "filters": {"connection": {"()": "kasocki_app.logs.ContextFilter"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s [sid=%(sid)s client=%(client)s] %(message)s"},
+        "json": {"()": "kasocki_app.logs.JsonFormatter"},
     },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "filters": ["connection"],
+            "formatter": "json" if os.environ.get("KASOCKI_LOG_FORMAT") == "json" else "plain",
+        }
+    },
+    "root": {"handlers": ["console"], "level": "WARNING"},
+    "loggers": {"kasocki_app": {"level": os.environ.get("KASOCKI_LOG_LEVEL", "INFO")}},
 }
