@@ -110,7 +110,7 @@ class Cluster:
         with self._lock:
             if self._admin is None:
                 config = {**conf.kafka_config, "client.id": "kasocki-admin"}
-                self._admin = AdminClient(config)
+                self._admin = AdminClient(config, logger=logging.getLogger("kasocki_app.librdkafka"))
             return self._admin
 
     def reset(self) -> None:

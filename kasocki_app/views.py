@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import ipaddress
 
 from django.http import HttpRequest, HttpResponse, JsonResponse
@@ -35,11 +36,19 @@ def viewer(request: HttpRequest) -> HttpResponse:
 
 
 def metrics_view(request: HttpRequest) -> HttpResponse:
-    """Prometheus text format: this process's counters and gauges; only for KASOCKI_METRICS_NETWORKS."""
-    try:
-        peer = ipaddress.ip_address(request.META.get("REMOTE_ADDR", ""))
-    except ValueError:
-        peer = None
-    if peer is None or not any(peer in ipaddress.ip_network(n, strict=False) for n in conf.metrics_networks):
-        return HttpResponse("metrics are not available from your address\n", status=403, content_type="text/plain")
+    """Prometheus text format: this process's counters and gauges.
+
+    Only for the bearer token KASOCKI_METRICS_TOKEN when one is set, else only for peers in
+    KASOCKI_METRICS_NETWORKS (loopback by default): lag labels name topics.
+    """
+    if conf.metrics_token:
+        allowed = hmac.compare_digest(request.headers.get("Authorization", ""), f"Bearer {conf.metrics_token}")
+    else:
+        try:
+            peer = ipaddress.ip_address(request.META.get("REMOTE_ADDR", ""))
+        except ValueError:
+            peer = None
+        allowed = peer is not None and any(peer in ipaddress.ip_network(n, strict=False) for n in conf.metrics_networks)
+    if not allowed:
+        return HttpResponse("metrics are not available to you\n", status=403, content_type="text/plain")
     return HttpResponse(generate_latest(REGISTRY), content_type=CONTENT_TYPE_LATEST)

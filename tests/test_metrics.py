@@ -58,3 +58,13 @@ def test_metrics_are_refused_outside_the_allowed_networks(asgi_server, settings)
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(f"{asgi_server.url}/metrics", timeout=10)
     assert refused.value.code == 403
+
+
+def test_metrics_with_a_token(asgi_server, settings):
+    settings.KASOCKI_METRICS_TOKEN = "s3cret"
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(f"{asgi_server.url}/metrics", timeout=10)  # from loopback, but no token
+    assert refused.value.code == 403
+    request = urllib.request.Request(f"{asgi_server.url}/metrics", headers={"Authorization": "Bearer s3cret"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert b"kasocki_connections" in response.read()
