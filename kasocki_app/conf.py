@@ -46,8 +46,9 @@ DEFAULTS: dict[str, Any] = {
     "KASOCKI_IDLE_TIMEOUT": 900.0,
     "KASOCKI_TRUSTED_PROXIES": [],
     "KASOCKI_TOKEN_AUTHENTICATOR": "",
-    # Who may read /metrics: loopback and private networks (where Prometheus usually scrapes from).
-    "KASOCKI_METRICS_NETWORKS": ["127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"],
+    # Who may read /metrics: peers in these networks, or anyone with the bearer token (if set).
+    "KASOCKI_METRICS_NETWORKS": ["127.0.0.0/8", "::1/128"],
+    "KASOCKI_METRICS_TOKEN": "",
 }
 
 RESET_POLICIES = ("latest", "earliest")
@@ -199,6 +200,10 @@ class Settings:
     @property
     def metrics_networks(self) -> list[str]:
         return list(self._get("KASOCKI_METRICS_NETWORKS"))
+
+    @property
+    def metrics_token(self) -> str:
+        return str(self._get("KASOCKI_METRICS_TOKEN") or "")
 
 
 conf = Settings()
