@@ -1,17 +1,21 @@
-"""Admin for the topic whitelist, with live facts from Kafka when it is reachable."""
+"""Admin for the topic whitelist, with live facts from Kafka, and the read-only list of live connections."""
 
 from __future__ import annotations
 
 import contextvars
+import json
 import logging
 from typing import Any
 
 from confluent_kafka import KafkaException
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.contrib.auth import get_permission_codename
+from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 
+from .conf import conf
 from .kafka import cluster
-from .models import WhitelistedTopic
+from .models import LiveConnection, WhitelistedTopic
 
 logger = logging.getLogger(__name__)
 
@@ -72,3 +76,64 @@ class WhitelistedTopicAdmin(admin.ModelAdmin):
         if not facts or entry.topic not in facts:
             return "-"
         return ", ".join(f"{p}: {low}-{high}" for p, (low, high) in enumerate(facts[entry.topic]))
+
+
+@admin.register(LiveConnection)
+class LiveConnectionAdmin(admin.ModelAdmin):
+    """The clients connected to every server process, as each last published them; read-only."""
+
+    list_display = (
+        "address",
+        "username",
+        "subscribed_to",
+        "filter_object",
+        "delivered",
+        "lag_per_partition",
+        "connected_since",
+        "last_seen",
+        "process",
+        "sid",
+        "disconnect_requested",
+    )
+    list_filter = ("process", "disconnect_requested")
+    search_fields = ("address", "username")
+    actions = ("disconnect_selected",)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: LiveConnection | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: LiveConnection | None = None) -> bool:
+        return False
+
+    def has_disconnect_permission(self, request: HttpRequest) -> bool:
+        """Disconnecting needs the model's change permission; viewing alone does not allow it."""
+        return request.user.has_perm(f"{self.opts.app_label}.{get_permission_codename('change', self.opts)}")
+
+    @admin.action(description="Disconnect selected clients", permissions=["disconnect"])
+    def disconnect_selected(self, request: HttpRequest, queryset: QuerySet[LiveConnection]) -> None:
+        # The process holding each connection sees the flag at its next publication and disconnects it.
+        count = queryset.update(disconnect_requested=True)
+        self.message_user(
+            request,
+            f"Asked to disconnect {count} client(s); their servers do so within about {conf.registry_seconds:g}s.",
+            messages.SUCCESS,
+        )
+
+    @admin.display(description="subscriptions")
+    def subscribed_to(self, row: LiveConnection) -> str:
+        if not row.subscriptions:
+            return "-"
+        return ", ".join(f"{a['topic']}/{a['partition']} from {a['offset']}" for a in row.subscriptions)
+
+    @admin.display(description="filters")
+    def filter_object(self, row: LiveConnection) -> str:
+        return "-" if row.filters is None else json.dumps(row.filters, ensure_ascii=False, sort_keys=True)
+
+    @admin.display(description="lag (latest minus next offset)")
+    def lag_per_partition(self, row: LiveConnection) -> str:
+        if not row.lag:
+            return "-"
+        return ", ".join(f"{key}: {'?' if lag is None else lag}" for key, lag in row.lag.items())

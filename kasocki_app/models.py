@@ -1,4 +1,4 @@
-"""The topic whitelist that operators edit in the Django admin."""
+"""The topic whitelist that operators edit in the Django admin, and the live connections it shows."""
 
 from __future__ import annotations
 
@@ -41,3 +41,33 @@ class WhitelistedTopic(models.Model):
 
     def __str__(self) -> str:
         return self.topic
+
+
+class LiveConnection(models.Model):
+    """A socket.io client connected to one of the server processes, as that process last published it.
+
+    Each process keeps its own rows current every KASOCKI_REGISTRY_SECONDS (see registry.py);
+    the admin reads them and may ask for a disconnect.
+    """
+
+    process = models.CharField(max_length=255, db_index=True, help_text="host:pid of the server process.")
+    sid = models.CharField("socket.io sid", max_length=64)
+    address = models.CharField("client address", max_length=255, blank=True)
+    username = models.CharField("user", max_length=150, blank=True)
+    subscriptions = models.JSONField(null=True, blank=True, help_text="Assigned partitions and starting offsets.")
+    filters = models.JSONField(null=True, blank=True)
+    delivered = models.PositiveBigIntegerField(default=0, help_text="Messages sent to the client.")
+    lag = models.JSONField(
+        null=True, blank=True, help_text='Latest offset minus the next offset to read, by "topic/partition".'
+    )
+    connected_since = models.DateTimeField()
+    last_seen = models.DateTimeField(db_index=True, help_text="When the owning process last published this row.")
+    disconnect_requested = models.BooleanField(default=False)
+
+    class Meta:
+        ordering = ["-connected_since"]
+        verbose_name = "live connection"
+        constraints = [models.UniqueConstraint(fields=["process", "sid"], name="kasocki_live_connection_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.address or '?'} ({self.sid}) on {self.process}"

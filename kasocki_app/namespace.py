@@ -9,7 +9,7 @@ from typing import Any
 
 import socketio
 
-from . import logs
+from . import logs, registry
 from .access import client_address, principal_for
 from .exceptions import InternalError, InvalidArgumentError, KasockiError, UnknownEventError
 from .outbound import Outbound
@@ -57,6 +57,7 @@ class KasockiNamespace(socketio.AsyncNamespace):
             self.service.limiter.release(address)
             raise
         connection = self.service.open(sid, Outbound(self.server, sid, self.namespace), principal, address)
+        registry.ensure_started(self.service)
         logger.info("sid %s connected from %s as %s", sid, address, principal.username or "anonymous")
         connection.spawn(connection.send_ready())
 

@@ -506,6 +506,8 @@ class Service:
     def __init__(self, source_factory: SourceFactory = KafkaSource.create) -> None:
         self.connections: dict[str, Connection] = {}
         self.limiter = ConnectionLimiter()
+        # Process-wide tasks (the registry publisher), started lazily: daphne sends no lifespan events.
+        self.background: set[asyncio.Task[Any]] = set()
         self._source_factory = source_factory
 
     def open(self, sid: str, outbound: Outbound, principal: Principal = ANONYMOUS, address: str = "") -> Connection:
@@ -522,3 +524,11 @@ class Service:
         if connection is not None:
             self.limiter.release(connection.address)
             await connection.close()
+
+    async def shutdown(self) -> None:
+        """Cancel and await the background tasks (connections close through their own disconnects)."""
+        tasks = list(self.background)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self.background.difference_update(tasks)
