@@ -97,7 +97,7 @@ FULL = Plan(
     cap=8.0, scan_cap=10.0,
     latency_rate=1000, latency_warmup=1.0, latency_seconds=5.0,
     storm_clients=100, slow_seconds=10.0,
-    fan_clients=1000, fan_partitions=100, fan_rate_per_client=2.0, fan_concurrency=20, fan_ramp=150.0,
+    fan_clients=1000, fan_partitions=100, fan_rate_per_client=2.0, fan_concurrency=20, fan_ramp=200.0,
     fan_warmup=3.0, fan_window=8.0,
 )  # fmt: skip
 QUICK = Plan(
@@ -131,6 +131,7 @@ class Bench:
         self.args = args
         self.plan = plan
         self.began = time.monotonic()
+        self.load_at_start = os.getloadavg()
         self.deadline = self.began + plan.budget
         self.only = _parse_only(args.only)
         self.scratch = Path(tempfile.mkdtemp(prefix="kasocki-bench-"))
@@ -499,6 +500,8 @@ class Bench:
             "wall_seconds": round(time.monotonic() - self.began, 1),
             "plan": asdict(self.plan),
             "machine": machine(),
+            # Other work on the machine skews every figure; the 1-minute load average tells how much.
+            "load_average_1min": {"start": round(self.load_at_start[0], 2), "end": round(os.getloadavg()[0], 2)},
             "dataset": self.dataset,
             "server_settings": SERVER_SETTINGS,
             "server_kafka_config_override": self.args.kafka_config or None,
@@ -608,6 +611,11 @@ def main(argv: list[str] | None = None) -> int:
     out.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2) + b"\n")
     print()
     print(f"Kasocki benchmark ({results['mode']}, {plan.rounds} rounds, medians) in {results['wall_seconds']} s")
+    load = results["load_average_1min"]
+    print(
+        f"(machine: {os.cpu_count()} CPUs; 1-minute load average {load['start']} at the start, "
+        f"{load['end']} at the end)"
+    )
     if args.kafka_config:
         print(f"WHAT-IF: the server's consumers ran with extra librdkafka settings {args.kafka_config}")
     print(report.table(bench.figures, results["targets"]))
