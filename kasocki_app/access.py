@@ -86,7 +86,7 @@ async def _from_token(token: Any) -> Principal:
     user = check(token)
     if inspect.isawaitable(user):
         user = await user
-    if user is None or not getattr(user, "is_authenticated", False):
+    if user is None or not getattr(user, "is_authenticated", False) or not getattr(user, "is_active", True):
         raise AuthenticationFailedError("the token was not accepted")
     return await _principal(user)
 

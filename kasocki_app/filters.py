@@ -72,8 +72,12 @@ def _compile_entry(key: str, value: Any) -> Predicate:
 
 
 def _compile_path(key: str) -> list[tuple[str, int | None]]:
-    if not isinstance(key, str) or not key or len(key) > conf.max_string_length:
+    if not isinstance(key, str) or not key:
         raise InvalidFilterError("filter keys must be non-empty dotted paths")
+    if len(key) > conf.max_string_length:
+        raise InvalidFilterError(
+            f"filter keys may be at most {conf.max_string_length} characters", limit=conf.max_string_length
+        )
     segments = key.split(".")
     if len(segments) > conf.max_filter_path_depth:
         raise InvalidFilterError(
@@ -112,7 +116,9 @@ def _compile_scalar(key: str, value: Any) -> Predicate:
     if isinstance(value, (dict, list)):
         raise InvalidFilterError(f"filter {key!r}: values must be scalars, '/regex/' strings or lists of them")
     if isinstance(value, str) and len(value) > conf.max_string_length:
-        raise InvalidFilterError(f"filter {key!r}: string longer than {conf.max_string_length} characters")
+        raise InvalidFilterError(
+            f"filter {key!r}: string longer than {conf.max_string_length} characters", limit=conf.max_string_length
+        )
     if is_pattern(value):
         return _compile_pattern(key, value[1:-1])
     if isinstance(value, bool):

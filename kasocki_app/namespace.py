@@ -60,6 +60,7 @@ class KasockiNamespace(socketio.AsyncNamespace):
         registry.ensure_started(self.service)
         logger.info("sid %s connected from %s as %s", sid, address, principal.username or "anonymous")
         connection.spawn(connection.send_ready())
+        connection.spawn(connection.reap_when_idle())
 
     async def on_disconnect(self, sid: str, reason: Any = None) -> None:
         connection = self.service.get(sid)

@@ -122,7 +122,10 @@ class Connection:
         self._ready: deque[dict[str, Any]] = deque()  # built and filtered, given back by stop()
         self._streaming = False
         self._stream_task: asyncio.Task[None] | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()  # everything this connection must cancel on close
+        self._handlers = 0  # client requests being answered (counted against the in-flight limit)
+        self._stream_generation = 0  # bumped by every start and stop, to apply them in arrival order
+        self._stream_wanted = False  # what the latest start/stop asked for
         self._error_records: list[Message] = []  # error records met while polling
         self._last_errors: dict[tuple[Any, ...], float] = {}
         self._next_check = 0.0
@@ -135,17 +138,19 @@ class Connection:
         task = asyncio.current_task()
         if self.closed or task is None:
             raise asyncio.CancelledError
-        if len(self._tasks) >= conf.max_inflight_requests:
+        if self._handlers >= conf.max_inflight_requests:
             raise TooManyRequestsError(
                 f"at most {conf.max_inflight_requests} requests may wait for an answer at once",
                 limit=conf.max_inflight_requests,
             )
         self._tasks.add(task)
+        self._handlers += 1
         self.last_active = time.monotonic()
         try:
             yield
         finally:
             self._tasks.discard(task)
+            self._handlers -= 1
             self.last_active = time.monotonic()
 
     def spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
@@ -213,8 +218,6 @@ class Connection:
         self._next_check = time.monotonic() + conf.assignment_check_seconds
         self._subscribing = False
         self._subscribe_done.set()
-        if conf.idle_timeout > 0:
-            self.spawn(self._reap_when_idle())
         logger.info("sid %s subscribed to %s", self.sid, positions)
         return positions
 
@@ -231,17 +234,17 @@ class Connection:
         finally:
             _consumers_starting -= 1
 
-    async def _reap_when_idle(self) -> None:
-        """Disconnect a subscription nobody uses: not streaming, no request, for KASOCKI_IDLE_TIMEOUT."""
+    async def reap_when_idle(self) -> None:
+        """Disconnect a connection nobody uses: not streaming, no request, for KASOCKI_IDLE_TIMEOUT."""
         timeout = conf.idle_timeout
-        while not self.closed:
-            busy = self._streaming or any(not t.done() for t in self._tasks if t is not asyncio.current_task())
+        while not self.closed and timeout > 0:
+            busy = self._streaming or self._handlers > 0
             if busy:
                 self.last_active = time.monotonic()
             idle_for = time.monotonic() - self.last_active
             if idle_for >= timeout:
-                await self.report(IdleTimeoutError(f"the subscription was idle for {timeout:g}s"), None)
-                logger.info("sid %s: disconnecting an idle subscription", self.sid)
+                await self.report(IdleTimeoutError(f"the connection was idle for {timeout:g}s"), None)
+                logger.info("sid %s: disconnecting an idle connection", self.sid)
                 await self.outbound.disconnect()
                 return
             await asyncio.sleep(min(timeout - idle_for, 1.0) if busy else timeout - idle_for)
@@ -264,16 +267,30 @@ class Connection:
             delay = await self._backoff(delay)
 
     async def start(self, arg: Any) -> None:
+        # start and stop take effect in the order they arrive, even while a start waits for a
+        # subscribe still in progress: each bumps the generation, and a superseded start does nothing.
         options = parse_start(arg)
-        await self._require_subscribed()
-        if self._streaming:
+        if self._stream_wanted:
             raise AlreadyStartedError("this connection is already streaming; emit stop first")
-        if self._stream_task is not None:  # a stop() is still finishing the previous stream
-            await asyncio.shield(self._stream_task)
+        self._stream_generation += 1
+        generation = self._stream_generation
+        self._stream_wanted = True
+        try:
+            await self._require_subscribed()
+            if self._stream_task is not None:  # a stop() is still finishing the previous stream
+                await asyncio.shield(self._stream_task)
+        except BaseException:
+            if self._stream_generation == generation:
+                self._stream_wanted = False
+            raise
+        if self._stream_generation != generation or self._streaming:
+            return  # a later stop (or start) took over
         self._streaming = True
         self._stream_task = asyncio.ensure_future(self._stream(options))
 
     async def stop(self) -> None:
+        self._stream_generation += 1
+        self._stream_wanted = False
         self._streaming = False
         if self._stream_task is not None:
             task = self._stream_task
@@ -293,7 +310,7 @@ class Connection:
                     await self._wait_for_client()
                     continue
                 messages = self._take(batch or conf.consume_batch_size)
-                await self._after_take("start")
+                await self._after_take("start")  # never raises: taken messages are not lost
                 if not messages:
                     delay = await self._backoff(delay)
                     continue
@@ -318,8 +335,10 @@ class Connection:
                 raise
             except Exception as exc:
                 logger.exception("sid %s: stream loop failed", self.sid)
-                await self.report(exc if isinstance(exc, KasockiError) else InternalError("stream failed"), "start")
-                delay = await self._backoff(max(delay, 0.1))
+                await self._report_once(
+                    exc if isinstance(exc, KasockiError) else InternalError("stream failed"), "start"
+                )
+                await asyncio.sleep(1.0)  # a persistent failure must not spin or flood the client
 
     async def _wait_for_client(self) -> None:
         """Stop reading Kafka while the client's backlog is over the cap; drop a client stalled too long."""
@@ -398,27 +417,48 @@ class Connection:
     # --- keeping up with Kafka ------------------------------------------------
 
     async def _after_take(self, event: str) -> None:
-        """Report Kafka errors met while polling, and follow changes of the cluster and the whitelist."""
-        errors: list[KasockiError] = list(self._source.take_errors()) if self._source is not None else []
-        records, self._error_records = self._error_records, []
-        for record in records:
-            if record.error().code() == RdKafkaError._AUTO_OFFSET_RESET:
-                errors.append(await self._reset_partition(record))
-            else:
-                error = kafka_error(record.error())
-                error.details.update(topic=record.topic(), partition=record.partition())
-                errors.append(error)
-        if time.monotonic() >= self._next_check:
-            self._next_check = time.monotonic() + conf.assignment_check_seconds
-            errors.extend(await self._follow_cluster())
-        now = time.monotonic()
+        """Report Kafka errors met while polling, and follow changes of the cluster and the whitelist.
+
+        Never raises (but for cancellation): a failure here is reported, and the messages the
+        caller already took are still delivered.
+        """
+        errors: list[KasockiError] = []
+        try:
+            if self._source is not None:
+                errors.extend(self._source.take_errors())
+            records, self._error_records = self._error_records, []
+            for index, record in enumerate(records):
+                if record.error().code() == RdKafkaError._AUTO_OFFSET_RESET:
+                    try:
+                        errors.append(await self._reset_partition(record))
+                    except KasockiError as exc:
+                        errors.append(exc)
+                        self._error_records.extend(records[index:])  # try the reset again next time
+                        break
+                else:
+                    error = kafka_error(record.error())
+                    error.details.update(topic=record.topic(), partition=record.partition())
+                    errors.append(error)
+            if time.monotonic() >= self._next_check:
+                self._next_check = time.monotonic() + conf.assignment_check_seconds
+                errors.extend(await self._follow_cluster())
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("sid %s: following Kafka failed", self.sid)
+            errors.append(InternalError("following Kafka failed"))
         for error in errors:
-            key = (error.name, error.details.get("code"), error.details.get("topic"), error.details.get("partition"))
-            if error.name != "KafkaError" or now - self._last_errors.get(key, -ERROR_REPEAT_SECONDS) >= (
-                ERROR_REPEAT_SECONDS
-            ):
-                self._last_errors[key] = now
-                await self.report(error, event)
+            await self._report_once(error, event)
+
+    async def _report_once(self, error: KasockiError, event: str) -> None:
+        """Report a stream error, but the same one at most once per ERROR_REPEAT_SECONDS."""
+        now = time.monotonic()
+        key = (error.name, error.message, error.details.get("code"), error.details.get("topic"))
+        if now - self._last_errors.get(key, -ERROR_REPEAT_SECONDS) >= ERROR_REPEAT_SECONDS:
+            self._last_errors[key] = now
+            if len(self._last_errors) > 1000:  # bounded: forget the oldest
+                del self._last_errors[next(iter(self._last_errors))]
+            await self.report(error, event)
 
     async def _reset_partition(self, record: Message) -> KasockiError:
         """The next offset of a partition left the log (retention): restart per the reset policy."""
@@ -427,6 +467,7 @@ class Connection:
         offset = assignments.reset_offset(low, high)
         if self._source is not None:
             await self._source.seek(topic, partition, offset)
+        self.positions[(topic, partition)] = offset
         lost_from = record.offset() if record.offset() >= 0 else None
         return OffsetOutOfRangeError(
             f"the next offset of {topic}/{partition} is no longer in the log; continuing from offset {offset}",
@@ -450,6 +491,7 @@ class Connection:
             gone = set(changes.gone)
             await self._source.remove([(a["topic"], a["partition"]) for a in self.assignments if a["topic"] in gone])
             self.assignments = [a for a in self.assignments if a["topic"] not in gone]
+            self.positions = {tp: o for tp, o in self.positions.items() if tp[0] not in gone}
             self._records = deque(r for r in self._records if r.topic() not in gone)
             self._ready = deque(m for m in self._ready if m.get("_kafka", {}).get("topic") not in gone)
             for topic in changes.gone:
@@ -463,6 +505,7 @@ class Connection:
             marks = await cluster.watermarks([(topic, p) for p in partitions])
             added = [{"topic": topic, "partition": p, "offset": marks[(topic, p)][0]} for p in partitions]
             await self._source.add([(a["topic"], a["partition"], a["offset"]) for a in added])
+            self.positions.update({(a["topic"], a["partition"]): a["offset"] for a in added})
             self.assignments = sorted([*self.assignments, *added], key=lambda a: (a["topic"], a["partition"]))
             errors.append(
                 PartitionsChangedError(

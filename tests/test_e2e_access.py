@@ -174,7 +174,7 @@ async def test_consumers_per_process_are_limited(make_topic, allow, connect, set
     assert await second.ok("subscribe", topic)
 
 
-async def test_idle_subscriptions_are_reaped(make_topic, allow, connect, settings):
+async def test_idle_connections_are_reaped(make_topic, allow, connect, settings):
     settings.KASOCKI_IDLE_TIMEOUT = 1.0
     topic = make_topic()
     allow(topic)
@@ -185,3 +185,9 @@ async def test_idle_subscriptions_are_reaped(make_topic, allow, connect, setting
     assert (await idle.next("err", timeout=5))["name"] == "IdleTimeoutError"
     await wait_until(lambda: not idle.sio.connected, what="idle client disconnected")
     assert streaming.sio.connected and streaming.pending("err") == []
+
+
+async def test_inactive_token_users_are_refused(asgi_server, settings):
+    settings.KASOCKI_TOKEN_AUTHENTICATOR = "tests.auth.token_user"
+    await User.objects.acreate_user("gone", password="x", is_active=False)
+    assert (await refused(asgi_server, auth={"token": "token-gone"}))["name"] == "AuthenticationFailedError"

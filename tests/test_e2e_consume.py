@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 
+from tests import e2e as tests_e2e
 from tests.e2e import collect, offsets, server_service
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -243,3 +244,33 @@ async def test_message_builder_is_replaceable(kafka, make_topic, allow, connect,
     client = await connect()
     await client.ok("subscribe", {"topic": topic, "partition": 0, "offset": 0})
     assert await client.ok("consume", None) == {"data": {"i": 1}, "position": f"{topic}/0/1"}
+
+
+async def test_start_then_stop_without_waiting_for_acks_ends_stopped(kafka, make_topic, allow, connect):
+    topic = make_topic()
+    allow(topic)
+    kafka.produce(topic, [{"i": i} for i in range(5)])
+    client = await connect()
+    acks: list = []
+    # Emitted back to back, as a pipelining client does: they must take effect in this order.
+    for event, arg in (("subscribe", {"topic": topic, "partition": 0, "offset": 0}), ("start", None), ("stop", None)):
+        await client.sio.emit(event, (arg,), callback=lambda *a, e=event: acks.append((e, a)))
+    await tests_e2e.wait_until(lambda: len(acks) == 3, what="three acks")
+    assert all(a[0] is None for _, a in acks)
+    # Stopped: a consume gets the first message (nothing was streamed away).
+    assert (await client.ok("consume", None))["i"] == 0
+    assert client.pending("message") == []
+
+
+async def test_requests_in_flight_are_limited(subscribed, settings):
+    client, _ = subscribed
+    settings.KASOCKI_MAX_INFLIGHT_REQUESTS = 3
+    waiting = [asyncio.ensure_future(client.call("consume", None)) for _ in range(3)]
+    connection = server_service().get(client.sio.get_sid())
+    await tests_e2e.wait_until(lambda: connection._handlers == 3, what="three consumes waiting")
+    err, _ = await client.call("consume", None)
+    assert err["name"] == "TooManyRequestsError" and err["limit"] == 3
+    assert not any(w.done() for w in waiting)
+    for w in waiting:
+        w.cancel()
+    await asyncio.gather(*waiting, return_exceptions=True)
