@@ -144,11 +144,21 @@ class Bench:
         self.topics: Topics | None = None
         self.env: dict[str, str] = {}
         self.main: ServerProcess | None = None
+        self.server_errors: dict[str, list[str]] = {}
 
     # --- helpers ----------------------------------------------------------------
 
     def wanted(self, key: str) -> bool:
-        return self.only is None or key in self.only
+        """Whether to run a figure: selected with --only (or no --only), and time left in the budget."""
+        if self.only is not None and key not in self.only:
+            return False
+        if self.remaining() <= 0:
+            number, title, unit = report.TITLES[key]
+            self.log(f"figure {number} skipped: the {self.plan.budget:.0f} s time budget is spent")
+            self.figures[key] = {"figure": number, "title": title, "value": float("nan"), "unit": unit,
+                                 "skipped": f"the {self.plan.budget:.0f} s time budget was spent"}  # fmt: skip
+            return False
+        return True
 
     def log(self, text: str) -> None:
         print(f"[{time.monotonic() - self.began:6.1f}s] {text}", file=sys.stderr, flush=True)
@@ -189,6 +199,20 @@ class Bench:
             server.stop()
             with contextlib.suppress(ValueError):
                 self.servers.remove(server)
+            self.collect_log_errors(server)
+
+    def collect_log_errors(self, server: ServerProcess) -> None:
+        """Keep the first error lines of a server's log with the results (the scratch folder goes away)."""
+        try:
+            lines = server.log.read_text(errors="replace").splitlines()
+        except OSError:
+            return
+        markers = (" ERROR ", " CRITICAL ", "Traceback", "ERROR:")
+        found = [line[:300] for line in lines if any(marker in line for marker in markers)]
+        if found:
+            kept = self.server_errors.setdefault(server.name, [])
+            kept.extend(found[: max(0, 10 - len(kept))])
+            self.log(f"  {server.name}: {len(found)} error lines in its log, e.g. {found[0][:200]}")
 
     def main_server(self) -> ServerProcess:
         if self.main is None or not self.main.alive():
@@ -508,6 +532,7 @@ class Bench:
             "server_revision": revision(),
             "figures": self.figures,
             "targets": targets,
+            "server_log_errors": self.server_errors,
         }
 
 
@@ -570,6 +595,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="JSON results file (default: %(default)s)")
     parser.add_argument("--only", help="comma-separated figures to run, e.g. 1,2,4a,5")
     parser.add_argument("--rounds", type=int, help="rounds per figure (default 3)")
+    parser.add_argument(
+        "--budget", type=float, help="seconds after which no new figure starts (default 540; 240 with --quick)"
+    )
     parser.add_argument("--fan-clients", type=int, help="clients for figure 8 (default 1000; 50 with --quick)")
     parser.add_argument("--profile", metavar="DIR", help="run the project's servers under pyinstrument, reports in DIR")
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder (server logs)")
@@ -589,6 +617,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--kafka-config must be a JSON object")
     if args.rounds:
         plan = replace(plan, rounds=args.rounds)
+    if args.budget:
+        plan = replace(plan, budget=args.budget)
     if args.fan_clients:
         plan = replace(plan, fan_clients=args.fan_clients)
     bench = Bench(args, plan)
