@@ -23,7 +23,7 @@ DEFAULTS: dict[str, Any] = {
     "KASOCKI_CONSUMER_CLOSE_TIMEOUT": 5.0,
     "KASOCKI_KAFKA_THREADS": 16,
     "KASOCKI_CONSUME_BATCH_SIZE": 500,
-    "KASOCKI_POLL_INTERVAL_MAX": 0.05,
+    "KASOCKI_POLL_INTERVAL_MAX": 0.25,
     "KASOCKI_MAX_ASSIGNMENTS": 256,
     "KASOCKI_MAX_PARTITIONS": 256,
     "KASOCKI_MAX_FILTER_KEYS": 32,
@@ -57,8 +57,21 @@ RESET_POLICIES = ("latest", "earliest")
 class Settings:
     """Typed, lazily read view of the ``KASOCKI_*`` settings."""
 
+    def __init__(self) -> None:
+        self._values: dict[str, Any] = {}
+
     def _get(self, name: str) -> Any:
-        return getattr(settings, name, DEFAULTS[name])
+        # Cached: the stream loop reads settings on every poll, and LazySettings lookups
+        # showed in profiles. signals.py clears the cache when a setting changes.
+        try:
+            return self._values[name]
+        except KeyError:
+            value = self._values[name] = getattr(settings, name, DEFAULTS[name])
+            return value
+
+    def reload(self) -> None:
+        """Forget cached values (Django's setting_changed signal calls this)."""
+        self._values.clear()
 
     @property
     def kafka_config(self) -> dict[str, Any]:

@@ -38,6 +38,7 @@ def apply_settings() -> None:
 def build_server(service: Service | None = None) -> socketio.AsyncServer:
     sio = socketio.AsyncServer(
         async_mode="asgi",
+        serializer=jsonshim.JsonPacket,
         json=jsonshim,
         cors_allowed_origins=cors_origins(),
         max_http_buffer_size=conf.max_payload_bytes,

@@ -41,7 +41,7 @@ from .exceptions import (
 from .filters import Predicate, compile_filters
 from .kafka import ConsumerCounts, KafkaSource, cluster, kafka_error
 from .limits import ConnectionLimiter
-from .messages import UndecodableMessage
+from .messages import UndecodableMessage, build_message, decode_value, kafka_meta
 from .protocol import AssignmentRequest, StartOptions, parse_start, parse_subscription
 
 logger = logging.getLogger(__name__)
@@ -118,6 +118,10 @@ class Connection:
         self._subscribe_done = asyncio.Event()  # set when a subscribe in progress ends, either way
         self._predicate: Predicate | None = None
         self._build = import_string(conf.message_builder)
+        # With the default builder, _kafka is added only to messages that pass the filter
+        # (unless the filter looks at _kafka): most records of a filtered scan never need it.
+        self._default_builder = self._build is build_message
+        self._lazy_meta = self._default_builder
         self._records: deque[Message] = deque()  # polled from Kafka, not yet decoded
         self._ready: deque[dict[str, Any]] = deque()  # built and filtered, given back by stop()
         self._streaming = False
@@ -251,6 +255,9 @@ class Connection:
 
     def set_filter(self, arg: Any) -> dict[str, Any] | None:
         self.filters, self._predicate = compile_filters(arg)
+        self._lazy_meta = self._default_builder and not any(
+            key == "_kafka" or key.startswith("_kafka.") for key in self.filters or ()
+        )
         return self.filters
 
     async def consume(self) -> dict[str, Any]:
@@ -369,6 +376,7 @@ class Connection:
         predicate = self._predicate
         build = self._build_one
         positions = self.positions
+        lazy_meta = self._lazy_meta
         filtered = 0
         while len(taken) < limit:
             if not records:
@@ -383,6 +391,18 @@ class Connection:
                 self._error_records.append(record)
                 continue
             positions[(record.topic(), record.partition())] = record.offset() + 1
+            if lazy_meta:
+                try:
+                    message = decode_value(record.value())
+                except UndecodableMessage as exc:
+                    self._skip(record, exc.reason)
+                    continue
+                if predicate is None or predicate(message):
+                    message["_kafka"] = kafka_meta(record)
+                    taken.append(message)
+                else:
+                    filtered += 1
+                continue
             message = build(record)
             if message is None:
                 continue
@@ -398,10 +418,13 @@ class Connection:
         try:
             return self._build(record)
         except UndecodableMessage as exc:
-            reason = exc.reason
+            self._skip(record, exc.reason)
         except Exception:
             logger.exception("message builder failed")
-            reason = "builder_error"
+            self._skip(record, "builder_error")
+        return None
+
+    def _skip(self, record: Message, reason: str) -> None:
         self.skipped[reason] += 1
         metrics.SKIPPED.labels(reason).inc()
         logger.warning(
@@ -412,7 +435,6 @@ class Connection:
             record.partition(),
             record.offset(),
         )
-        return None
 
     # --- keeping up with Kafka ------------------------------------------------
 

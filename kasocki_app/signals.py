@@ -9,6 +9,7 @@ from django.db.models.signals import m2m_changed, post_delete, post_save
 from django.dispatch import receiver
 
 from . import server, topics
+from .conf import conf
 from .kafka import cluster
 from .models import WhitelistedTopic
 
@@ -22,6 +23,7 @@ def whitelist_changed(**kwargs: Any) -> None:
 @receiver(setting_changed)
 def kasocki_setting_changed(setting: str, **kwargs: Any) -> None:
     if setting.startswith("KASOCKI_") or setting == "KAFKA_BOOTSTRAP_SERVERS":
+        conf.reload()
         topics.invalidate()
         cluster.reset()
         server.apply_settings()

@@ -25,6 +25,7 @@ def django_db_modify_db_settings(tmp_path_factory: pytest.TempPathFactory) -> No
 @pytest.fixture(scope="session")
 def kafka() -> Iterator[KafkaForTests]:
     """The session's broker, with helpers to create topics and produce records."""
+    from kasocki_app.conf import conf
     from kasocki_app.kafka import cluster
 
     bootstrap, stop = start_or_reuse_broker()
@@ -33,6 +34,7 @@ def kafka() -> Iterator[KafkaForTests]:
         helper.wait_ready()
         django_settings.KAFKA_BOOTSTRAP_SERVERS = bootstrap
         django_settings.KASOCKI_KAFKA_CONFIG = {"bootstrap.servers": bootstrap}
+        conf.reload()  # set directly (session-wide), so no setting_changed signal clears the cache
         cluster.reset()
         yield helper
     finally:
