@@ -122,7 +122,10 @@
           if (Array.isArray(messages)) messages.forEach((m) => this._delivered(m));
           this._fire("messages", messages);
         },
-        err: (error) => this._fire("err", error),
+        err: (error) => {
+          this._followServer(error);
+          this._fire("err", error);
+        },
       };
       for (const [event, handler] of Object.entries(this._handlers)) socket.on(event, handler);
       if (socket.connected) this._onConnect();
@@ -256,6 +259,42 @@
 
     // --- delivery and resume --------------------------------------------------------
 
+    /** Keep the subscription in step with what the server reports while streaming. */
+    _followServer(error) {
+      if (!error || !this._subscription) return;
+      if (error.name === "PartitionsChangedError" && Array.isArray(error.added)) {
+        // New partitions of a whole-topic subscription: resume them too.
+        const known = new Set(this._subscription.map((a) => partitionKey(a.topic, a.partition)));
+        error.added.forEach((a) => {
+          if (!known.has(partitionKey(a.topic, a.partition))) this._subscription.push(assignmentOf(a));
+        });
+      } else if (error.name === "TopicNotAvailableError" && typeof error.topic === "string") {
+        this._forgetTopics([error.topic]); // deleted, or no longer allowed, while streaming
+      }
+    }
+
+    _forgetTopics(topics) {
+      const gone = new Set(topics);
+      this._subscription = this._subscription.filter((a) => !gone.has(a.topic));
+      for (const key of [...this._offsets.keys()]) {
+        if (gone.has(JSON.parse(key)[0])) this._offsets.delete(key);
+      }
+    }
+
+    /** Subscribe from `positions`; topics that are no longer available are dropped, not fatal. */
+    async _resubscribe(positions, connection) {
+      try {
+        return await this._resumeStep("subscribe", positions, connection);
+      } catch (error) {
+        const available = error && error.error && error.error.availableTopics;
+        if (error === STALE || error.name !== "TopicNotAvailableError" || !Array.isArray(available)) throw error;
+        const kept = positions.filter((p) => available.includes(p.topic));
+        if (kept.length === 0 || kept.length === positions.length) throw error;
+        this._forgetTopics(positions.filter((p) => !available.includes(p.topic)).map((p) => p.topic));
+        return await this._resumeStep("subscribe", kept, connection);
+      }
+    }
+
     _delivered(message) {
       const meta = message && message._kafka;
       if (!meta || !Number.isInteger(meta.partition) || !Number.isInteger(meta.offset)) return;
@@ -286,7 +325,7 @@
       try {
         if (this._subscription) {
           resumed.positions = this.positions();
-          const assignments = await this._resumeStep("subscribe", resumed.positions, connection);
+          const assignments = await this._resubscribe(resumed.positions, connection);
           this._subscription = assignments.map(assignmentOf);
           resumed.assignments = assignments;
         }
