@@ -3,12 +3,18 @@
 
     python scripts/kafka.py start [--name NAME] [--port PORT]   # prints the bootstrap address
     python scripts/kafka.py status [--name NAME]
-    python scripts/kafka.py stop [--name NAME]
+    python scripts/kafka.py stop [--name NAME] [--keep-data]
 
 The broker's release jars are resolved from Maven Central with ``mvn`` (see
 ``tools/kafka/pom.xml``) into a cache outside the repository, so only the first
 start downloads. Each broker keeps its data in a fresh temporary directory that
-``stop`` removes. Standard library only: it runs before any virtualenv exists.
+``stop`` removes.
+
+``stop --keep-data`` (``stop(name, keep_data=True)``) ends the broker with
+SIGTERM but keeps its data directory; the next ``start`` of the same name then
+restarts it from that data, on the same port, as a broker that went down and came
+back (its topics and records are still there). A plain ``stop`` discards the kept
+data. Standard library only: it runs before any virtualenv exists.
 """
 
 from __future__ import annotations
@@ -106,7 +112,13 @@ def cache_dir() -> Path:
 
 
 def state_file(name: str) -> Path:
+    """The record of the broker running under ``name``."""
     return cache_dir() / "run" / f"kafka-{name}.json"
+
+
+def kept_file(name: str) -> Path:
+    """The record of a broker stopped with its data kept, for ``start`` to restart it."""
+    return cache_dir() / "run" / f"kafka-{name}.kept.json"
 
 
 def require(tool: str) -> str:
@@ -210,13 +222,49 @@ def load(name: str) -> Broker | None:
     return None
 
 
+def load_kept(name: str) -> Broker | None:
+    """The broker stopped under ``name`` with its data kept, if its data is still there."""
+    path = kept_file(name)
+    if not path.exists():
+        return None
+    broker = Broker(**json.loads(path.read_text()))
+    if (Path(broker.data_dir) / "server.properties").exists():
+        return broker
+    path.unlink(missing_ok=True)
+    return None
+
+
+def listener_ports(data_dir: str) -> dict[str, int]:
+    """The port of each listener in the broker's server.properties: {"PLAINTEXT": ..., "CONTROLLER": ...}."""
+    props = dict(
+        line.split("=", 1) for line in (Path(data_dir) / "server.properties").read_text().splitlines() if "=" in line
+    )
+    listeners = (item.split("://", 1) for item in props["listeners"].split(","))
+    return {scheme: int(address.rsplit(":", 1)[1]) for scheme, address in listeners}
+
+
 def start(name: str = "default", port: int = 0) -> Broker:
-    """Start a broker (or return the one already running under ``name``)."""
+    """Start a broker (or return the one already running under ``name``).
+
+    A broker stopped with ``keep_data=True`` is started again from its data, on its port.
+    """
     running = load(name)
     if running is not None:
         return running
     java = require("java")
     libs = resolve_jars()
+    kept = load_kept(name)
+    if kept is not None:
+        if port and port != kept.port:
+            raise BrokerError(
+                f"broker {name!r} was stopped with its data kept, on port {kept.port}: start it on that "
+                f"port, or stop it (without --keep-data) to discard the data first"
+            )
+        for needed in listener_ports(kept.data_dir).values():
+            if port_in_use(needed):
+                raise BrokerError(f"port {needed} is already in use on 127.0.0.1")
+        kept_file(name).unlink(missing_ok=True)
+        return launch(name, kept.port, kept.data_dir, java_command(java, libs, kept.data_dir), restart=True)
     port = port or free_port()
     if port_in_use(port):
         raise BrokerError(f"port {port} is already in use on 127.0.0.1")
@@ -225,16 +273,10 @@ def start(name: str = "default", port: int = 0) -> Broker:
     props = Path(data_dir) / "server.properties"
     props.write_text(SERVER_PROPERTIES.format(port=port, controller_port=controller_port, data_dir=data_dir))
     (Path(data_dir) / "log4j2.yaml").write_text(LOG4J2_YAML)
-    java_cmd = [
-        java,
-        "-Xms256m",
-        "-Xmx1g",
-        "-Djava.awt.headless=true",
-        f"-Dlog4j2.configurationFile={data_dir}/log4j2.yaml",
-        "-cp",
-        f"{libs}/*",
-    ]
-    cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    java_cmd = java_command(java, libs, data_dir)
+    cluster_id = "-"
+    while cluster_id.startswith("-"):  # the storage tool would take a leading "-" for an option
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
     fmt = subprocess.run(
         [*java_cmd, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)],
         stdin=subprocess.DEVNULL,
@@ -245,9 +287,26 @@ def start(name: str = "default", port: int = 0) -> Broker:
     if fmt.returncode != 0:
         shutil.rmtree(data_dir, ignore_errors=True)
         raise BrokerError(f"formatting the broker's storage failed:\n{fmt.stdout}{fmt.stderr}")
-    log = open(Path(data_dir) / "broker.log", "wb")  # noqa: SIM115 - handed to the child
+    return launch(name, port, data_dir, java_cmd, restart=False)
+
+
+def java_command(java: str, libs: Path, data_dir: str) -> list[str]:
+    return [
+        java,
+        "-Xms256m",
+        "-Xmx1g",
+        "-Djava.awt.headless=true",
+        f"-Dlog4j2.configurationFile={data_dir}/log4j2.yaml",
+        "-cp",
+        f"{libs}/*",
+    ]
+
+
+def launch(name: str, port: int, data_dir: str, java_cmd: list[str], restart: bool) -> Broker:
+    """Run the broker over a formatted ``data_dir`` and wait until it answers on ``port``."""
+    log = open(Path(data_dir) / "broker.log", "ab")  # noqa: SIM115 - handed to the child
     proc = subprocess.Popen(
-        [*java_cmd, "kafka.Kafka", str(props)],
+        [*java_cmd, "kafka.Kafka", str(Path(data_dir) / "server.properties")],
         stdin=subprocess.DEVNULL,
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -261,29 +320,45 @@ def start(name: str = "default", port: int = 0) -> Broker:
     while not api_versions_ok(port):
         if proc.poll() is not None or time.monotonic() > deadline:
             tail = (Path(data_dir) / "broker.log").read_text(errors="replace")[-3000:]
-            stop(name)
+            stop(name, keep_data=restart)  # a restart keeps the data it was given
             raise BrokerError(f"the Kafka broker did not come up on port {port}:\n{tail}")
         time.sleep(0.1)
     return broker
 
 
-def stop(name: str = "default") -> bool:
-    """Stop the broker started under ``name`` and remove its data; False if none ran."""
+def stop(name: str = "default", keep_data: bool = False) -> bool:
+    """Stop the broker started under ``name``; False if there was none.
+
+    Its data is removed, unless ``keep_data``: then the next ``start(name)`` restarts
+    it from that data on the same port. Stopping a broker that is already stopped
+    with its data kept discards the data (unless ``keep_data`` again).
+    """
     path = state_file(name)
-    if not path.exists():
-        return False
-    broker = Broker(**json.loads(path.read_text()))
-    if alive(broker.pid) and is_our_broker(broker):
-        os.kill(broker.pid, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_TIMEOUT
-        while alive(broker.pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if alive(broker.pid):
-            os.kill(broker.pid, signal.SIGKILL)
-        with contextlib.suppress(ChildProcessError):  # reap it when it is our own child
-            os.waitpid(broker.pid, os.WNOHANG)
-    shutil.rmtree(broker.data_dir, ignore_errors=True)
-    path.unlink(missing_ok=True)
+    if path.exists():
+        broker = Broker(**json.loads(path.read_text()))
+        if alive(broker.pid) and is_our_broker(broker):
+            os.kill(broker.pid, signal.SIGTERM)
+            deadline = time.monotonic() + STOP_TIMEOUT
+            while alive(broker.pid) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if alive(broker.pid):
+                os.kill(broker.pid, signal.SIGKILL)
+                while alive(broker.pid) and time.monotonic() < deadline + STOP_TIMEOUT:
+                    time.sleep(0.05)
+            with contextlib.suppress(ChildProcessError):  # reap it when it is our own child
+                os.waitpid(broker.pid, os.WNOHANG)
+        path.unlink(missing_ok=True)
+    else:
+        kept = load_kept(name)
+        if kept is None:
+            return False
+        broker = kept
+    if keep_data:
+        kept_file(name).parent.mkdir(parents=True, exist_ok=True)
+        kept_file(name).write_text(json.dumps(asdict(broker)))
+    else:
+        shutil.rmtree(broker.data_dir, ignore_errors=True)
+        kept_file(name).unlink(missing_ok=True)
     return True
 
 
@@ -292,6 +367,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=["start", "stop", "status", "version"])
     parser.add_argument("--name", default="default", help="instance name (default: %(default)s)")
     parser.add_argument("--port", type=int, default=0, help="broker port (default: a free one)")
+    parser.add_argument(
+        "--keep-data", action="store_true", help="stop: keep the data, so that the next start restarts from it"
+    )
     args = parser.parse_args(argv)
     try:
         if args.command == "version":
@@ -306,11 +384,23 @@ def main(argv: list[str] | None = None) -> int:
             )
             print(broker.bootstrap)
         elif args.command == "stop":
-            print("stopped" if stop(args.name) else "not running", file=sys.stderr)
+            if not stop(args.name, keep_data=args.keep_data):
+                print("not running", file=sys.stderr)
+            elif args.keep_data:
+                print(f"stopped; its data is kept for the next start of {args.name!r}", file=sys.stderr)
+            else:
+                print("stopped", file=sys.stderr)
         else:
             broker = load(args.name)
             if broker is None:
-                print("not running", file=sys.stderr)
+                kept = load_kept(args.name)
+                if kept is not None:
+                    print(
+                        f"not running; stopped with its data kept (start restarts it on port {kept.port})",
+                        file=sys.stderr,
+                    )
+                else:
+                    print("not running", file=sys.stderr)
                 return 1
             print(broker.bootstrap)
     except BrokerError as exc:
