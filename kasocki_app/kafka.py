@@ -145,9 +145,13 @@ class Cluster:
             if self._inflight is None or self._inflight.done():
                 self._inflight = executor().submit(self._fetch_topics)
             inflight = self._inflight
+        waiter = asyncio.wrap_future(inflight)
+        # Whoever gives up first (timeout, disconnect), the outcome counts as seen: asyncio
+        # would otherwise log "exception was never retrieved" for every abandoned lookup.
+        waiter.add_done_callback(_seen)
         try:
             # shield: one caller's cancellation must not cancel the lookup the others share.
-            return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(inflight)), conf.kafka_timeout)
+            return await asyncio.wait_for(asyncio.shield(waiter), conf.kafka_timeout)
         except TimeoutError:
             raise KafkaError(f"Kafka did not answer within {conf.kafka_timeout:g}s", code="_TIMED_OUT") from None
         except KafkaException as exc:
@@ -193,6 +197,36 @@ class Cluster:
 
 
 cluster = Cluster()
+
+
+def _seen(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+def in_own_thread(func: Callable[[], T]) -> asyncio.Future[T]:
+    """Run ``func`` in a new daemon thread; the future resolves on the running loop."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: T | None, error: BaseException | None) -> None:
+        if future.cancelled():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]
+
+    def run() -> None:
+        try:
+            result = func()
+        except BaseException as exc:  # handed to the loop
+            loop.call_soon_threadsafe(settle, None, exc)
+        else:
+            loop.call_soon_threadsafe(settle, result, None)
+
+    threading.Thread(target=run, name="kasocki-close", daemon=True).start()
+    return future
 
 
 def _close_when_created(future: asyncio.Future[Consumer]) -> None:
@@ -279,10 +313,12 @@ class KafkaSource:
         self._closed = True
         ConsumerCounts.open -= 1
         try:
-            await run_blocking(self._consumer.close, timeout=conf.consumer_close_timeout)
-        except KafkaError as exc:
+            # A thread of its own, not the shared pool: a close that hangs must not take a
+            # worker that every other Kafka call of the process needs.
+            await asyncio.wait_for(in_own_thread(self._consumer.close), conf.consumer_close_timeout)
+        except (TimeoutError, KafkaException) as exc:
             ConsumerCounts.abandoned += 1
             metrics.CONSUMERS_ABANDONED.inc()
-            logger.warning("abandoned a Kafka consumer whose close failed: %s", exc.message)
+            logger.warning("abandoned a Kafka consumer whose close did not finish: %r", exc)
             return False
         return True

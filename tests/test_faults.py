@@ -76,9 +76,8 @@ def dedicated_broker() -> Iterator[DedicatedBroker]:
 def collect_abandoned_lookups() -> Iterator[None]:
     """After each test, let the metadata lookup in flight end and collect what it left behind.
 
-    Lookups abandoned by their callers leave asyncio futures with unretrieved exceptions
-    (see the xfail test below); asyncio logs them, with a traceback, when they are
-    collected. Collecting them here keeps that from happening at a random later moment.
+    A lookup still running when a test ends would finish during the next one; collecting
+    here also makes any unretrieved exception surface now, in this test's log.
     """
     yield
     deadline = time.monotonic() + 15
@@ -197,14 +196,6 @@ async def test_subscribe_when_kafka_is_unreachable_fails_in_bounded_time(
     assert (await again.ok("consume", None))["i"] == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "Cluster.topics: a caller that is cancelled or times out while the shared metadata lookup is "
-        "pending leaves the asyncio future it wrapped around that lookup with an exception nobody "
-        "retrieves; asyncio then logs 'Future exception was never retrieved' with a traceback"
-    ),
-)
 async def test_an_abandoned_metadata_lookup_leaves_no_unretrieved_exception(
     settings, allow, asgi_server, connect, caplog
 ):
@@ -291,14 +282,6 @@ async def test_a_hanging_consumer_close_is_abandoned_without_blocking_the_loop(
     await wait_until(lambda: hanging_close.finished == 1, what="the released close finished")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "abandoned consumer closes keep their worker of the shared Kafka pool (kafka.executor(), "
-        "KASOCKI_KAFKA_THREADS workers): once that many closes hang, every Kafka call of the process "
-        "(metadata, watermarks, new consumers) times out"
-    ),
-)
 async def test_hanging_closes_do_not_starve_other_kafka_calls(
     kafka, make_topic, allow, settings, asgi_server, connect, hanging_close
 ):
