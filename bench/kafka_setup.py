@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
-import socket
-import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -17,38 +14,14 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from bench.data import FILTER_BUCKET, Records
+from tests.kafka_harness import load_broker_script
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def load_broker_script() -> Any:
-    """scripts/kafka.py as a module (it is a standalone script, not a package)."""
-    spec = importlib.util.spec_from_file_location("kasocki_kafka_script", ROOT / "scripts" / "kafka.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-def reachable(bootstrap: str, timeout: float = 1.0) -> bool:
-    host, _, port = bootstrap.split(",")[0].rpartition(":")
-    try:
-        with socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout):
-            return True
-    except (OSError, ValueError):
-        return False
-
-
-def start_or_reuse_broker() -> tuple[str, Callable[[], None] | None]:
+def start_or_reuse_broker() -> tuple[str, Callable[[], object] | None]:
     """(bootstrap, stop callable or None when an already running broker is reused)."""
-    configured = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if configured and reachable(configured):
-        return configured, None
-    script = load_broker_script()
-    name = f"bench-{os.getpid()}"
-    broker = script.start(name)
-    return broker.bootstrap, lambda: script.stop(name)
+    return load_broker_script().start_or_reuse(f"bench-{os.getpid()}")
 
 
 def broker_port(bootstrap: str) -> int:

@@ -33,6 +33,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -166,6 +167,25 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def reachable(bootstrap: str, timeout: float = 2.0) -> bool:
+    """True when the first address of a bootstrap list ("host:port,...") accepts TCP connections."""
+    host, _, port = bootstrap.split(",")[0].strip().rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+def start_or_reuse(name: str) -> tuple[str, Callable[[], object] | None]:
+    """(bootstrap, stop) for KAFKA_BOOTSTRAP_SERVERS when it is reachable (stop is None), else a new broker."""
+    configured = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if configured and reachable(configured):
+        return configured, None
+    broker = start(name)
+    return broker.bootstrap, lambda: stop(name)
 
 
 def port_in_use(port: int) -> bool:

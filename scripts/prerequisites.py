@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import kafka
 
 NEEDED = {
     "java": "Java 17 or newer (Debian: apt-get install openjdk-17-jre-headless)",
@@ -18,14 +22,7 @@ NEEDED = {
 
 def broker_configured() -> bool:
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if not bootstrap:
-        return False
-    host, _, port = bootstrap.split(",")[0].rpartition(":")
-    try:
-        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=2):
-            return True
-    except (OSError, ValueError):
-        return False
+    return bool(bootstrap) and kafka.reachable(bootstrap)
 
 
 def main() -> int:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -21,20 +20,11 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import kafka as broker_script  # noqa: E402  (scripts/kafka.py)
 
 
-def reachable(bootstrap: str) -> bool:
-    host, _, port = bootstrap.split(",")[0].rpartition(":")
-    try:
-        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=2):
-            return True
-    except (OSError, ValueError):
-        return False
-
-
 def main() -> int:
     env = dict(os.environ)
     bootstrap = env.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
     started_broker = False
-    if not reachable(bootstrap):
+    if not broker_script.reachable(bootstrap):
         print(f"No Kafka at {bootstrap}: starting a local broker ...", flush=True)
         try:
             port = 9092 if not broker_script.port_in_use(9092) else 0

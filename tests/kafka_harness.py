@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
-import socket
 import sys
 import time
 import uuid
@@ -27,15 +26,6 @@ def load_broker_script() -> Any:
     sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
-
-
-def reachable(bootstrap: str, timeout: float = 1.0) -> bool:
-    host, _, port = bootstrap.split(",")[0].rpartition(":")
-    try:
-        with socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout):
-            return True
-    except (OSError, ValueError):
-        return False
 
 
 class KafkaForTests:
@@ -123,10 +113,4 @@ class KafkaForTests:
 
 def start_or_reuse_broker() -> tuple[str, Any]:
     """(bootstrap, stop callable or None)."""
-    configured = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if configured and reachable(configured):
-        return configured, None
-    script = load_broker_script()
-    name = f"pytest-{os.getpid()}"
-    broker = script.start(name)
-    return broker.bootstrap, lambda: script.stop(name)
+    return load_broker_script().start_or_reuse(f"pytest-{os.getpid()}")
