@@ -16,10 +16,10 @@ Failed calls and refused connections raise KasockiClientError (the server's ``na
 ``message``, ``details``). Flow control: messages() buffers ``buffer`` messages (a batch may
 overshoot); while it is full and no call waits for an answer, the client stops reading its
 connection, the server pauses the stream and drops the connection after
-KASOCKI_SLOW_CLIENT_TIMEOUT, and the client resumes once the buffer is read. Limits, as in
-JavaScript: resume is exact with consume() or start(), not both at once; partitions of
-PartitionsChangedError are not added, gone topics not dropped. After the server's own
-disconnect (IdleTimeoutError), or with ``reconnection=False``, connect() again to resume.
+KASOCKI_SLOW_CLIENT_TIMEOUT, and the client resumes once the buffer is read. Partitions added
+to a topic (PartitionsChangedError) are resumed too; topics gone while reading, or found gone
+at a resume, are dropped. Resume is exact with consume() or start(), not both at once. After
+the server's own disconnect (IdleTimeoutError), or with ``reconnection=False``, connect() again.
 Needs aiohttp (``python-socketio[asyncio_client]``).
 """
 
@@ -342,7 +342,18 @@ class KasockiClient:
         self._fire("messages", batch)
 
     def _on_err(self, error: Any) -> None:
+        if isinstance(error, dict) and self._subscription is not None:  # follow the cluster
+            if error.get("name") == "PartitionsChangedError" and isinstance(error.get("added"), list):
+                known = {(a["topic"], a["partition"]) for a in self._subscription}
+                added = [_assignment(a) for a in error["added"] if (a["topic"], a["partition"]) not in known]
+                self._subscription += added
+            elif error.get("name") == "TopicNotAvailableError" and isinstance(error.get("topic"), str):
+                self._forget({error["topic"]})
         self._fire("err", KasockiClientError(error))
+
+    def _forget(self, topics: set[str]) -> None:
+        self._subscription = [a for a in self._subscription or [] if a["topic"] not in topics]
+        self._offsets = {key: offset for key, offset in self._offsets.items() if key[0] not in topics}
 
     def _on_connect_error(self, data: Any = None) -> None:
         # A Kasocki refusal is {"message", "data": <error object>}; engine.io failures are strings.
@@ -378,7 +389,7 @@ class KasockiClient:
         try:
             if self._subscription is not None:
                 resumed["positions"] = self.positions()
-                answer = await self._call("subscribe", resumed["positions"], generation)
+                answer = await self._resubscribe(resumed["positions"], generation)
                 self._subscription, resumed["assignments"] = [_assignment(a) for a in answer], answer
             if self._filter is not None:
                 resumed["filter"] = await self._call("filter", self._filter, generation)
@@ -398,6 +409,20 @@ class KasockiClient:
             if generation > 0:
                 logger.info("resumed at %s", resumed["positions"])
                 self._fire("resumed", resumed)
+
+    async def _resubscribe(self, positions: list[dict[str, Any]], generation: int) -> Any:
+        """Subscribe from ``positions``; without the topics that are no longer available, if some are."""
+        try:
+            return await self._call("subscribe", positions, generation)
+        except KasockiClientError as exc:
+            available = exc.details.get("availableTopics")
+            if exc.name != "TopicNotAvailableError" or not isinstance(available, list):
+                raise
+            kept = [p for p in positions if p["topic"] in available]
+            if not kept or len(kept) == len(positions):
+                raise
+            self._forget({p["topic"] for p in positions} - set(available))
+            return await self._call("subscribe", kept, generation)
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)

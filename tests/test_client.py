@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import pytest
+from confluent_kafka.admin import NewPartitions
 from django.contrib.auth.models import User
 from django.test import Client
 
@@ -39,6 +40,10 @@ async def lose_connection(client: KasockiClient) -> None:
 
 def offsets_of(messages: list[dict[str, Any]]) -> list[int]:
     return [m["_kafka"]["offset"] for m in messages]
+
+
+def where(assignment: dict[str, Any]) -> tuple[str, int, int]:
+    return assignment["topic"], assignment["partition"], assignment["offset"]
 
 
 @pytest.fixture
@@ -318,6 +323,70 @@ async def test_resume_after_a_lost_connection_loses_and_repeats_nothing(kafka, m
     assert final_positions == [
         {"topic": topic, "partition": p, "offset": max(o for q, o in production.expected if q == p) + 1} for p in (0, 1)
     ]
+
+
+async def test_resume_follows_new_partitions_and_drops_topics_gone(kafka, make_topic, allow, asgi_server, settings):
+    grows, goes = make_topic(), make_topic()
+    allow(grows, goes)
+    client = KasockiClient(asgi_server.url, transports=["websocket"], **FAST_RECONNECT)
+    errors: list[KasockiClientError] = []
+    resumes: list[dict[str, Any]] = []
+    client.on_error(errors.append)
+    client.on("resumed", resumes.append)
+
+    def while_disconnected(_reason: Any) -> None:
+        if not resumes:
+            settings.KASOCKI_ALLOWED_TOPICS = [grows]  # `goes` may no longer be read
+            kafka.produce(grows, [{"i": 1}], partition=0)
+            kafka.produce(grows, [{"i": 2}], partition=1)
+
+    client.on("disconnect", while_disconnected)
+    try:
+        await within(client.connect())
+        await within(client.subscribe([grows, {"topic": goes, "partition": 0, "offset": 0}]))
+        await within(client.start())
+        stream = client.messages()
+        kafka.produce(goes, [{"i": 0}])
+        assert (await within(anext(stream)))["_kafka"]["topic"] == goes
+        kafka.admin.create_partitions([NewPartitions(grows, 2)])[grows].result(30)
+        kafka.wait_for_topic(grows, 2)
+        kafka.produce(grows, [{"i": 0}], partition=1)
+        assert where((await within(anext(stream)))["_kafka"]) == (grows, 1, 0)
+        await wait_until(lambda: any(e.name == "PartitionsChangedError" for e in errors), what="the new partition")
+        await lose_connection(client)
+        await wait_until(lambda: len(resumes) == 1, timeout=WAIT, what="the resume")
+        later = [await within(anext(stream)) for _ in range(2)]
+        await within(client.stop())
+    finally:
+        await within(client.close())
+    [resume] = resumes
+    assert sorted(map(where, resume["positions"])) == sorted([(grows, 0, 0), (grows, 1, 1), (goes, 0, 1)])
+    assert sorted(map(where, resume["assignments"])) == [(grows, 0, 0), (grows, 1, 1)]
+    assert sorted(m["i"] for m in later) == [1, 2]
+    # The server's answer to the first resume subscribe is an `err` too; the resume itself went on.
+    assert [e.name for e in errors] == ["PartitionsChangedError", "TopicNotAvailableError"]
+
+
+async def test_a_topic_gone_while_reading_is_left_out_of_the_resume(kafka, make_topic, allow, open_client, settings):
+    stays, goes = make_topic(), make_topic()
+    allow(stays, goes)
+    client = await open_client(**FAST_RECONNECT)
+    errors: list[KasockiClientError] = []
+    resumes: list[dict[str, Any]] = []
+    client.on_error(errors.append)
+    client.on("resumed", resumes.append)
+    await within(client.subscribe([{"topic": t, "partition": 0, "offset": 0} for t in (stays, goes)]))
+    await within(client.start())
+    settings.KASOCKI_ALLOWED_TOPICS = [stays]
+    await wait_until(lambda: [e.name for e in errors] == ["TopicNotAvailableError"], what="the topic reported gone")
+    assert errors[0].details["topic"] == goes
+    assert client.positions() == [{"topic": stays, "partition": 0, "offset": 0}]
+    await lose_connection(client)
+    await wait_until(lambda: len(resumes) == 1, what="the resume")
+    assert resumes[0]["assignments"] == [{"topic": stays, "partition": 0, "offset": 0}]
+    kafka.produce(stays, [{"i": 0}])
+    assert offsets_of([await within(anext(client.messages()))]) == [0]
+    assert len(errors) == 1
 
 
 async def test_a_reader_that_falls_behind_stops_reading_is_dropped_and_resumes(
