@@ -1,4 +1,5 @@
-"""A minimal blocking websocket client over a raw socket, for tests that need a client that stops reading.
+"""A minimal blocking websocket client over a raw socket, for tests that need a client that stops reading
+or that sends frames no library client would.
 
 Library clients keep reading the socket in the background; this one reads only when asked,
 with a small kernel receive buffer, so a test can stall it for real.
@@ -61,9 +62,16 @@ class RawWebSocket:
                 return message.decode()
 
     def send(self, text: str) -> None:
-        payload = text.encode()
+        """One text message, in a single frame."""
+        self._send_frame(0x1, text.encode())
+
+    def send_binary(self, data: bytes) -> None:
+        """One binary message, in a single frame (socket.io sends attachments this way)."""
+        self._send_frame(0x2, data)
+
+    def _send_frame(self, opcode: int, payload: bytes) -> None:
         mask = os.urandom(4)
-        header = bytes([0x81])
+        header = bytes([0x80 | opcode])
         if len(payload) < 126:
             header += bytes([0x80 | len(payload)])
         elif len(payload) < 65536:
