@@ -23,7 +23,6 @@ DEFAULTS: dict[str, Any] = {
     "KASOCKI_CONSUMER_CLOSE_TIMEOUT": 5.0,
     "KASOCKI_KAFKA_THREADS": 16,
     "KASOCKI_CONSUME_BATCH_SIZE": 500,
-    "KASOCKI_POLL_INTERVAL_MAX": 0.25,
     "KASOCKI_MAX_ASSIGNMENTS": 256,
     "KASOCKI_MAX_PARTITIONS": 256,
     "KASOCKI_MAX_FILTER_KEYS": 32,
@@ -119,10 +118,6 @@ class Settings:
     @property
     def consume_batch_size(self) -> int:
         return int(self._get("KASOCKI_CONSUME_BATCH_SIZE"))
-
-    @property
-    def poll_interval_max(self) -> float:
-        return float(self._get("KASOCKI_POLL_INTERVAL_MAX"))
 
     @property
     def max_assignments(self) -> int:

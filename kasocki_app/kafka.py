@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import threading
 import time
@@ -61,6 +62,9 @@ CONSUMER_DEFAULTS: dict[str, Any] = {
 
 _executor: concurrent.futures.ThreadPoolExecutor | None = None
 _executor_lock = threading.Lock()
+_wait_executor: concurrent.futures.ThreadPoolExecutor | None = None
+# Longest wait of an idle stream in librdkafka; also how often an idle stream looks at the cluster.
+WAIT_MAX_SECONDS = 0.5
 
 
 def executor() -> concurrent.futures.ThreadPoolExecutor:
@@ -72,6 +76,20 @@ def executor() -> concurrent.futures.ThreadPoolExecutor:
                 max_workers=conf.kafka_threads, thread_name_prefix="kasocki-kafka"
             )
         return _executor
+
+
+def wait_executor() -> concurrent.futures.ThreadPoolExecutor:
+    """Threads in which idle streams wait for records: one per waiting consumer at most.
+
+    Separate from the pool of blocking calls, so that waiting streams never delay them.
+    """
+    global _wait_executor
+    with _executor_lock:
+        if _wait_executor is None:
+            _wait_executor = concurrent.futures.ThreadPoolExecutor(
+                max_workers=conf.max_consumers + 1, thread_name_prefix="kasocki-wait"
+            )
+        return _wait_executor
 
 
 async def run_blocking(func: Callable[..., T], *args: Any, timeout: float | None = None) -> T:
@@ -246,6 +264,7 @@ class KafkaSource:
 
     def __init__(self, consumer: Consumer) -> None:
         ConsumerCounts.open += 1
+        self._waiting: concurrent.futures.Future[list[Message]] | None = None
         self._consumer = consumer
         self._errors: deque[KafkaError] = deque(maxlen=100)
         self._closed = False
@@ -301,6 +320,20 @@ class KafkaSource:
             return []
         return self._consumer.consume(max_messages, timeout=0)
 
+    async def wait(self, timeout: float) -> list[Message]:
+        """The next record as soon as one arrives, or [] after ``timeout`` seconds; waits in a thread.
+
+        An idle stream sleeps in librdkafka (GIL released) instead of polling from the
+        loop: idle connections cost no CPU and a new record wakes its stream at once.
+        Only one record: consume(N, timeout) waits for N records or the whole timeout;
+        the rest of a burst is then taken by poll() on the loop.
+        """
+        if self._closed:
+            return []
+        future = wait_executor().submit(self._consumer.consume, 1, timeout)
+        self._waiting = future  # close() lets it finish: the handle must outlive the call
+        return await asyncio.wrap_future(future)
+
     def take_errors(self) -> list[KafkaError]:
         errors = list(self._errors)
         self._errors.clear()
@@ -312,6 +345,10 @@ class KafkaSource:
             return True
         self._closed = True
         ConsumerCounts.open -= 1
+        if self._waiting is not None and not self._waiting.done():
+            # Closing under a consume() still running in its thread would free the handle it uses.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(self._waiting)), WAIT_MAX_SECONDS * 4)
         try:
             # A thread of its own, not the shared pool: a close that hangs must not take a
             # worker that every other Kafka call of the process needs.

@@ -39,7 +39,7 @@ from .exceptions import (
     TopicNotAvailableError,
 )
 from .filters import Predicate, compile_filters
-from .kafka import ConsumerCounts, KafkaSource, cluster, kafka_error
+from .kafka import WAIT_MAX_SECONDS, ConsumerCounts, KafkaSource, cluster, kafka_error
 from .limits import ConnectionLimiter
 from .messages import UndecodableMessage, build_message, decode_value, kafka_meta
 from .protocol import AssignmentRequest, StartOptions, parse_start, parse_subscription
@@ -64,6 +64,8 @@ class Source(Protocol):
     async def seek(self, topic: str, partition: int, offset: int) -> None: ...
 
     def poll(self, max_messages: int) -> list[Message]: ...
+
+    async def wait(self, timeout: float) -> list[Message]: ...
 
     def take_errors(self) -> list[KafkaError]: ...
 
@@ -125,6 +127,8 @@ class Connection:
         self._records: deque[Message] = deque()  # polled from Kafka, not yet decoded
         self._ready: deque[dict[str, Any]] = deque()  # built and filtered, given back by stop()
         self._streaming = False
+        self._stream_idle = False  # the stream task is waiting for records (stop may cancel it)
+        self._fill: asyncio.Task[None] | None = None  # the one wait for records in flight
         self._stream_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()  # everything this connection must cancel on close
         self._handlers = 0  # client requests being answered (counted against the in-flight limit)
@@ -263,7 +267,6 @@ class Connection:
     async def consume(self) -> dict[str, Any]:
         """The next message that passes the filter, waiting for one to arrive."""
         await self._require_subscribed()
-        delay = 0.0
         while True:
             messages = self._take(1)
             await self._after_take("consume")
@@ -271,7 +274,7 @@ class Connection:
                 self.delivered += 1
                 metrics.DELIVERED.inc()
                 return messages[0]
-            delay = await self._backoff(delay)
+            await self._wait_for_records()
 
     async def start(self, arg: Any) -> None:
         # start and stop take effect in the order they arrive, even while a start waits for a
@@ -301,7 +304,11 @@ class Connection:
         self._streaming = False
         if self._stream_task is not None:
             task = self._stream_task
-            await asyncio.shield(task)
+            if self._stream_idle:
+                # Waiting for records (the shared fill goes on and keeps what it gets): end now.
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(task)
             if self._stream_task is task:
                 self._stream_task = None
 
@@ -310,7 +317,6 @@ class Connection:
     async def _stream(self, options: StartOptions) -> None:
         """Emit passing messages until stop(); failures go to the client as ``err`` and the loop goes on."""
         batch = options.batch
-        delay = 0.0
         while self._streaming:
             try:
                 if self.outbound.backlog() > conf.max_backlog_bytes:
@@ -319,9 +325,12 @@ class Connection:
                 messages = self._take(batch or conf.consume_batch_size)
                 await self._after_take("start")  # never raises: taken messages are not lost
                 if not messages:
-                    delay = await self._backoff(delay)
+                    self._stream_idle = True
+                    try:
+                        await self._wait_for_records()
+                    finally:
+                        self._stream_idle = False
                     continue
-                delay = 0.0
                 metrics.EMIT_BATCH.observe(len(messages))
                 if batch:
                     await self.outbound.emit("messages", messages)
@@ -380,8 +389,8 @@ class Connection:
         filtered = 0
         while len(taken) < limit:
             if not records:
-                if self._source is None:
-                    break
+                if self._source is None or (self._fill is not None and not self._fill.done()):
+                    break  # a wait in a thread is using the consumer; its records land in _records
                 polled = self._source.poll(conf.consume_batch_size)
                 if not polled:
                     break
@@ -557,12 +566,21 @@ class Connection:
         if self.assignments is None:
             raise NotSubscribedError("subscribe before consuming")
 
-    @staticmethod
-    async def _backoff(delay: float) -> float:
-        """Wait a little longer each time nothing arrives, up to KASOCKI_POLL_INTERVAL_MAX."""
-        delay = min(max(delay * 2, 0.001), conf.poll_interval_max)
-        await asyncio.sleep(delay)
-        return delay
+    async def _wait_for_records(self) -> None:
+        """Wait until Kafka has records for this connection (or a short while passed).
+
+        consume and the stream share one fill: the records it gets go to ``_records``
+        whoever waits, and one waiter giving up does not cancel it.
+        """
+        if self._source is None:
+            await asyncio.sleep(WAIT_MAX_SECONDS)
+            return
+        if self._fill is None or self._fill.done():
+            self._fill = self.spawn(self._fill_records(self._source))
+        await asyncio.shield(self._fill)
+
+    async def _fill_records(self, source: Source) -> None:
+        self._records.extend(await source.wait(WAIT_MAX_SECONDS))
 
 
 class Service:
