@@ -25,7 +25,10 @@ def loads(text: str | bytes, **kwargs: Any) -> Any:
     try:
         return orjson.loads(text)
     except orjson.JSONDecodeError:
-        return json.loads(text)  # raises the error socket.io expects for bad input
+        try:
+            return json.loads(text)  # raises the error socket.io expects for bad input
+        except RecursionError:  # nesting orjson refused too: treat it as bad input, not a crash
+            raise ValueError("JSON nested too deeply") from None
 
 
 class JsonPacket(packet.Packet):

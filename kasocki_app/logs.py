@@ -10,6 +10,8 @@ import contextvars
 import datetime
 import json
 import logging
+import sys
+from typing import Any
 
 connection_context: contextvars.ContextVar[tuple[str, str]] = contextvars.ContextVar(
     "kasocki_connection", default=("-", "-")
@@ -44,3 +46,31 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)
+
+
+class LibraryLogger(logging.Logger):
+    """A logger for python-socketio and python-engineio inside Kasocki.
+
+    Their errors are mostly caused by what clients send (undecodable packets, bad
+    polling requests): logged as one warning line with the exception, no traceback.
+    Their per-packet info chatter goes to debug.
+    """
+
+    def _log(self, level: int, msg: object, args: Any, exc_info: Any = None, **kwargs: Any) -> None:
+        if level >= logging.ERROR:
+            level = logging.WARNING
+            error = sys.exc_info()[1] if exc_info is True else exc_info if isinstance(exc_info, BaseException) else None
+            if error is not None:
+                msg = f"{(str(msg) % args) if args else msg} ({type(error).__name__}: {error})"
+                args = ()
+            exc_info = None
+        elif level == logging.INFO:
+            level = logging.DEBUG
+        super()._log(level, msg, args, exc_info=exc_info, **kwargs)
+
+
+def library_logger(name: str) -> logging.Logger:
+    """A LibraryLogger named ``name`` below the app's logger (so the project's handlers apply)."""
+    logger = LibraryLogger(name)
+    logger.parent = logging.getLogger(__name__.rsplit(".", 1)[0])
+    return logger

@@ -37,7 +37,10 @@ class KasockiNamespace(socketio.AsyncNamespace):
                 return await super().trigger_event(event, *args)
             if event in LIFECYCLE_EVENTS and not self.server.manager.is_connected(args[0], self.namespace):
                 return await super().trigger_event(event, *args)
-        name = str(event)[:64]
+        try:
+            name = str(event)[:64]
+        except (RecursionError, ValueError):  # a name nested thousands of lists deep
+            name = type(event).__name__
         return await self._handle(args[0], name, lambda c: _raise(UnknownEventError(f"unknown event {name!r}")))
 
     async def on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:

@@ -10,6 +10,7 @@ reading Kafka for a client whose backlog is over KASOCKI_MAX_BACKLOG_BYTES.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 from collections.abc import Callable
@@ -66,6 +67,22 @@ class BacklogMeteredApp:
         self.sio: socketio.AsyncServer | None = None  # set by server.build_asgi_application
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        try:
+            await self._serve(scope, receive, send)
+        except Exception as exc:
+            # Errors python-engineio lets escape on input it cannot parse (an undecodable
+            # websocket frame, say): close that connection, keep the log to one line.
+            if scope["type"] not in ("websocket", "http"):
+                raise
+            logger.warning("%s %s failed: %s: %s", scope["type"], scope.get("path"), type(exc).__name__, exc)
+            with contextlib.suppress(Exception):
+                if scope["type"] == "websocket":
+                    await send({"type": "websocket.close", "code": 1002})
+                else:
+                    await send({"type": "http.response.start", "status": 400, "headers": []})
+                    await send({"type": "http.response.body", "body": b"bad request"})
+
+    async def _serve(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "websocket":
             return await self.app(scope, receive, send)
         transport = server_transport(send)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import weakref
 from typing import Any
 
 import socketio
 
-from . import jsonshim, metrics
+from . import jsonshim, logs, metrics
 from .conf import conf
 from .namespace import KasockiNamespace
 from .outbound import BacklogMeteredApp
@@ -24,6 +25,8 @@ def cors_origins() -> str | list[str] | None:
     return origins
 
 
+logger = logging.getLogger(__name__)
+
 # Servers built in this process, so that setting changes (tests, mostly) reach them.
 _servers: weakref.WeakSet[socketio.AsyncServer] = weakref.WeakSet()
 
@@ -35,15 +38,25 @@ def apply_settings() -> None:
         sio.eio.max_http_buffer_size = conf.max_payload_bytes
 
 
+class KasockiServer(socketio.AsyncServer):
+    """python-socketio's server, refusing malformed client packets without a traceback."""
+
+    async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
+        try:
+            await super()._handle_eio_message(eio_sid, data)
+        except Exception as exc:  # a packet python-socketio cannot decode or route
+            logger.warning("engine.io session %s sent a malformed packet (%s: %s)", eio_sid, type(exc).__name__, exc)
+
+
 def build_server(service: Service | None = None) -> socketio.AsyncServer:
-    sio = socketio.AsyncServer(
+    sio = KasockiServer(
         async_mode="asgi",
         serializer=jsonshim.JsonPacket,
         json=jsonshim,
         cors_allowed_origins=cors_origins(),
         max_http_buffer_size=conf.max_payload_bytes,
-        logger=False,
-        engineio_logger=False,
+        logger=logs.library_logger("kasocki_app.socketio"),
+        engineio_logger=logs.library_logger("kasocki_app.engineio"),
     )
     service = service or Service()
     sio.register_namespace(KasockiNamespace(service))
