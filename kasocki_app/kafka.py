@@ -12,6 +12,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import queue
 import threading
 import time
 from collections import deque
@@ -62,7 +63,7 @@ CONSUMER_DEFAULTS: dict[str, Any] = {
 
 _executor: concurrent.futures.ThreadPoolExecutor | None = None
 _executor_lock = threading.Lock()
-_wait_executor: concurrent.futures.ThreadPoolExecutor | None = None
+_wait_executor: ElasticPool | None = None
 # Longest wait of an idle stream in librdkafka; also how often an idle stream looks at the cluster.
 WAIT_MAX_SECONDS = 0.5
 
@@ -78,17 +79,61 @@ def executor() -> concurrent.futures.ThreadPoolExecutor:
         return _executor
 
 
-def wait_executor() -> concurrent.futures.ThreadPoolExecutor:
-    """Threads in which idle streams wait for records: one per waiting consumer at most.
+class ElasticPool:
+    """Threads for blocking waits: one more whenever none is free, each ending after idling.
 
-    Separate from the pool of blocking calls, so that waiting streams never delay them.
+    Idle streams wait here, one thread per waiting consumer; unlike ThreadPoolExecutor's,
+    these threads end after IDLE_SECONDS unused, so a burst of connections leaves no threads
+    behind once it is gone.
     """
+
+    IDLE_SECONDS = 2.0
+
+    def __init__(self, max_threads: int) -> None:
+        self._max = max_threads
+        self._queue: queue.SimpleQueue[tuple[concurrent.futures.Future[Any], Callable[..., Any], tuple[Any, ...]]]
+        self._queue = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._threads = 0
+        self._idle = 0
+
+    def submit(self, func: Callable[..., T], *args: Any) -> concurrent.futures.Future[T]:
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        self._queue.put((future, func, args))
+        with self._lock:
+            if self._idle == 0 and self._threads < self._max:
+                self._threads += 1
+                threading.Thread(target=self._work, name="kasocki-wait", daemon=True).start()
+        return future
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                self._idle += 1
+            try:
+                future, func, args = self._queue.get(timeout=self.IDLE_SECONDS)
+            except queue.Empty:
+                with self._lock:
+                    self._idle -= 1
+                    if self._queue.empty():  # checked under the lock submit() takes: nothing is stranded
+                        self._threads -= 1
+                        return
+                continue
+            with self._lock:
+                self._idle -= 1
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(func(*args))
+                except BaseException as exc:
+                    future.set_exception(exc)
+
+
+def wait_executor() -> ElasticPool:
+    """Where idle streams wait for records: separate from the pool of blocking calls."""
     global _wait_executor
     with _executor_lock:
         if _wait_executor is None:
-            _wait_executor = concurrent.futures.ThreadPoolExecutor(
-                max_workers=conf.max_consumers + 1, thread_name_prefix="kasocki-wait"
-            )
+            _wait_executor = ElasticPool(conf.max_consumers + 1)
         return _wait_executor
 
 

@@ -66,7 +66,8 @@ class LibraryLogger(logging.Logger):
             exc_info = None
         elif level == logging.INFO:
             level = logging.DEBUG
-        super()._log(level, msg, args, exc_info=exc_info, **kwargs)
+        if self.isEnabledFor(level):  # info() checked INFO; the level may have dropped since
+            super()._log(level, msg, args, exc_info=exc_info, **kwargs)
 
 
 def library_logger(name: str) -> logging.Logger:

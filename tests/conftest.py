@@ -34,6 +34,10 @@ def kafka() -> Iterator[KafkaForTests]:
         helper.wait_ready()
         django_settings.KAFKA_BOOTSTRAP_SERVERS = bootstrap
         django_settings.KASOCKI_KAFKA_CONFIG = {"bootstrap.servers": bootstrap}
+        # Every test client connects from 127.0.0.1: per-address limits are lifted for the
+        # session (the tests of those limits set them back), or tests would throttle each other.
+        django_settings.KASOCKI_MAX_CONNECTIONS_PER_IP = 100_000
+        django_settings.KASOCKI_MAX_CONNECTION_RATE_PER_IP = 100_000
         conf.reload()  # set directly (session-wide), so no setting_changed signal clears the cache
         cluster.reset()
         yield helper

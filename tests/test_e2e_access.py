@@ -102,13 +102,16 @@ async def refused(asgi_server, **connect_options) -> dict:
 
 async def test_connections_per_address_are_limited(asgi_server, connect, settings):
     settings.KASOCKI_MAX_CONNECTIONS_PER_IP = 2
-    first = await connect()
-    await connect()
-    refusal = await refused(asgi_server)
+    # An address of this test's own (through a trusted proxy): other tests' connections do not count.
+    settings.KASOCKI_TRUSTED_PROXIES = ["127.0.0.1"]
+    headers = {"X-Forwarded-For": "192.0.2.21"}
+    first = await connect(headers=headers)
+    await connect(headers=headers)
+    refusal = await refused(asgi_server, headers=headers)
     assert refusal["name"] == "TooManyConnectionsError" and refusal["limit"] == 2
     await first.close()
-    await wait_until(lambda: server_service().limiter.per_address["127.0.0.1"] == 1, what="slot released")
-    await connect()
+    await wait_until(lambda: server_service().limiter.per_address["192.0.2.21"] == 1, what="slot released")
+    await connect(headers=headers)
 
 
 async def test_new_connections_per_second_are_limited(asgi_server, connect, settings):
@@ -124,7 +127,7 @@ async def test_new_connections_per_second_are_limited(asgi_server, connect, sett
 
 
 async def test_total_connections_are_limited(asgi_server, connect, settings):
-    settings.KASOCKI_MAX_CONNECTIONS = 1
+    settings.KASOCKI_MAX_CONNECTIONS = server_service().limiter.total + 1
     await connect()
     assert (await refused(asgi_server))["name"] == "TooManyConnectionsError"
 
