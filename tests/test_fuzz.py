@@ -16,7 +16,6 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from confluent_kafka import TopicPartition
 from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
@@ -406,14 +405,15 @@ FILTERS = weighted((4, st.dictionaries(PATHS | KEYS, FILTER_VALUES, max_size=4))
 
 
 def consumer_position(sid: str, topic: str) -> int:
-    """The next offset the server's consumer for ``sid`` will hand out (its records already went through the filter).
+    """The next offset the server will judge for ``sid``: records before it went through the filter.
 
-    The service polls and filters in one synchronous step of its event loop, so once this moves past a
-    record, the filter has judged that record before any later event of the client is handled.
+    Connection.positions moves when a record is taken from what Kafka delivered and judged by the
+    filter, in one synchronous step of the event loop, so once it moves past a record, the filter
+    has judged that record before any later event of the client is handled. (librdkafka's own
+    position moves earlier, when a record reaches the connection's buffer.)
     """
     connection = server_service().get(sid)
-    source = connection._source
-    return source._consumer.position([TopicPartition(topic, 0)])[0].offset
+    return connection.positions.get((topic, 0), 0)
 
 
 def test_random_filters_judge_random_messages_like_the_validator_does(kafka, make_topic, allow, driver, caplog):
