@@ -87,6 +87,8 @@ class Outbound(Protocol):
 
 
 SourceFactory = Callable[[], Awaitable[Source]]
+# A message ready for the client, with the topic it came from (custom builders need not name it).
+Taken = tuple[str, dict[str, Any]]
 
 
 class Connection:
@@ -125,7 +127,12 @@ class Connection:
         self._default_builder = self._build is build_message
         self._lazy_meta = self._default_builder
         self._records: deque[Message] = deque()  # polled from Kafka, not yet decoded
-        self._ready: deque[dict[str, Any]] = deque()  # built and filtered, given back by stop()
+        self._ready: deque[Taken] = deque()  # built and filtered, given back by stop() or a cancelled consume
+        # Topics that left this subscription (deleted, disallowed): nothing of them reaches the client
+        # after their error, even what was taken from Kafka before they left.
+        self._gone: set[str] = set()
+        # consume calls waiting for a message, in arrival order: served before the stream takes anything.
+        self._waiters: deque[asyncio.Future[Taken]] = deque()
         self._streaming = False
         self._stream_idle = False  # the stream task is waiting for records (stop may cancel it)
         self._fill: asyncio.Task[None] | None = None  # the one wait for records in flight
@@ -265,16 +272,49 @@ class Connection:
         return self.filters
 
     async def consume(self) -> dict[str, Any]:
-        """The next message that passes the filter, waiting for one to arrive."""
+        """The next message that passes the filter, waiting for one to arrive.
+
+        Waiting consume calls are served in arrival order before a running stream takes
+        anything (the original's "a consume takes the next message itself").
+        """
         await self._require_subscribed()
-        while True:
-            messages = self._take(1)
-            await self._after_take("consume")
-            if messages:
-                self.delivered += 1
-                metrics.DELIVERED.inc()
-                return messages[0]
-            await self._wait_for_records()
+        waiter: asyncio.Future[Taken] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            while True:
+                self._serve_waiters()
+                await self._after_take("consume")
+                if waiter.done():
+                    topic, message = waiter.result()
+                    if topic not in self._gone:
+                        self.delivered += 1
+                        metrics.DELIVERED.inc()
+                        return message
+                    # Its topic left after the message was handed over: wait for another, still first in line.
+                    waiter = asyncio.get_running_loop().create_future()
+                    self._waiters.appendleft(waiter)
+                    continue
+                await self._wait_for_records(waiter)
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self._ready.appendleft(waiter.result())  # handed over but never answered: keep it
+            else:
+                waiter.cancel()
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
+            raise
+
+    def _serve_waiters(self) -> None:
+        """Give each waiting consume, oldest first, the next passing message while there is one."""
+        waiters = self._waiters
+        while waiters:
+            if waiters[0].done():  # cancelled
+                waiters.popleft()
+                continue
+            taken = self._take(1)
+            if not taken:
+                return
+            waiters.popleft().set_result(taken[0])
 
     async def start(self, arg: Any) -> None:
         # start and stop take effect in the order they arrive, even while a start waits for a
@@ -322,27 +362,33 @@ class Connection:
                 if self.outbound.backlog() > conf.max_backlog_bytes:
                     await self._wait_for_client()
                     continue
-                messages = self._take(batch or conf.consume_batch_size)
+                self._serve_waiters()
+                taken = [] if self._waiters else self._take(batch or conf.consume_batch_size)
                 await self._after_take("start")  # never raises: taken messages are not lost
-                if not messages:
+                gone = self._gone
+                if gone:  # a topic that left during _after_take: its error went out, its messages must not
+                    taken = [t for t in taken if t[0] not in gone]
+                if not taken:
                     self._stream_idle = True
                     try:
                         await self._wait_for_records()
                     finally:
                         self._stream_idle = False
                     continue
-                metrics.EMIT_BATCH.observe(len(messages))
+                metrics.EMIT_BATCH.observe(len(taken))
                 if batch:
-                    await self.outbound.emit("messages", messages)
-                    self.delivered += len(messages)
-                    metrics.DELIVERED.inc(len(messages))
+                    await self.outbound.emit("messages", [message for _topic, message in taken])
+                    self.delivered += len(taken)
+                    metrics.DELIVERED.inc(len(taken))
                     continue
                 sent = 0
-                for message in messages:
+                for index, (topic, message) in enumerate(taken):
                     if not self._streaming:
                         # stop() arrived mid-batch: keep the rest for the next consume/start.
-                        self._ready.extendleft(reversed(messages[sent:]))
+                        self._ready.extendleft(reversed(taken[index:]))
                         break
+                    if topic in gone:
+                        continue
                     await self.outbound.emit("message", message)
                     sent += 1
                 self.delivered += sent
@@ -375,12 +421,15 @@ class Connection:
                 return
             await asyncio.sleep(0.01)
 
-    def _take(self, limit: int) -> list[dict[str, Any]]:
+    def _take(self, limit: int) -> list[Taken]:
         """Up to ``limit`` built messages that pass the filter, from what Kafka already prefetched."""
-        taken: list[dict[str, Any]] = []
+        taken: list[Taken] = []
         ready = self._ready
+        gone = self._gone
         while ready and len(taken) < limit:
-            taken.append(ready.popleft())
+            item = ready.popleft()
+            if item[0] not in gone:
+                taken.append(item)
         records = self._records
         predicate = self._predicate
         build = self._build_one
@@ -399,7 +448,10 @@ class Connection:
             if record.error() is not None:
                 self._error_records.append(record)
                 continue
-            positions[(record.topic(), record.partition())] = record.offset() + 1
+            topic = record.topic()
+            if topic in gone:  # fetched before the topic left (a wait in a thread, librdkafka's queue)
+                continue
+            positions[(topic, record.partition())] = record.offset() + 1
             if lazy_meta:
                 try:
                     message = decode_value(record.value())
@@ -408,7 +460,7 @@ class Connection:
                     continue
                 if predicate is None or predicate(message):
                     message["_kafka"] = kafka_meta(record)
-                    taken.append(message)
+                    taken.append((topic, message))
                 else:
                     filtered += 1
                 continue
@@ -416,7 +468,7 @@ class Connection:
             if message is None:
                 continue
             if predicate is None or predicate(message):
-                taken.append(message)
+                taken.append((topic, message))
             else:
                 filtered += 1
         if filtered:
@@ -519,12 +571,15 @@ class Connection:
         changes = assignments.compare(self.requests, self.assignments, available)
         errors: list[KasockiError] = []
         if changes.gone:
+            removed = [(a["topic"], a["partition"]) for a in self.assignments]
             gone = set(changes.gone)
-            await self._source.remove([(a["topic"], a["partition"]) for a in self.assignments if a["topic"] in gone])
+            # Marked first: from here on nothing of these topics is handed out, whatever awaits follow.
+            self._gone.update(gone)
             self.assignments = [a for a in self.assignments if a["topic"] not in gone]
             self.positions = {tp: o for tp, o in self.positions.items() if tp[0] not in gone}
             self._records = deque(r for r in self._records if r.topic() not in gone)
-            self._ready = deque(m for m in self._ready if m.get("_kafka", {}).get("topic") not in gone)
+            self._ready = deque(t for t in self._ready if t[0] not in gone)
+            await self._source.remove([(t, p) for t, p in removed if t in gone])
             for topic in changes.gone:
                 logger.info("sid %s: topic %s went away; stopped reading it", self.sid, topic)
                 errors.append(
@@ -566,8 +621,8 @@ class Connection:
         if self.assignments is None:
             raise NotSubscribedError("subscribe before consuming")
 
-    async def _wait_for_records(self) -> None:
-        """Wait until Kafka has records for this connection (or a short while passed).
+    async def _wait_for_records(self, served: asyncio.Future[Taken] | None = None) -> None:
+        """Wait until Kafka has records for this connection (or a short while passed), or ``served`` is.
 
         consume and the stream share one fill: the records it gets go to ``_records``
         whoever waits, and one waiter giving up does not cancel it.
@@ -577,7 +632,13 @@ class Connection:
             return
         if self._fill is None or self._fill.done():
             self._fill = self.spawn(self._fill_records(self._source))
-        await asyncio.shield(self._fill)
+        if served is None:
+            await asyncio.shield(self._fill)
+        else:  # a consume: the stream may hand it a message before the fill ends
+            fill = self._fill
+            await asyncio.wait({fill, served}, return_when=asyncio.FIRST_COMPLETED)
+            if fill.done() and not served.done():
+                fill.result()  # a failed wait fails the consume, as the stream reports it
 
     async def _fill_records(self, source: Source) -> None:
         self._records.extend(await source.wait(WAIT_MAX_SECONDS))

@@ -10,6 +10,7 @@ from confluent_kafka.admin import NewPartitions
 
 from kasocki_app.kafka import GROUP_ID
 from kasocki_app.models import WhitelistedTopic
+from tests import e2e as tests_e2e
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -108,3 +109,77 @@ async def test_kafka_state_is_left_untouched(kafka, make_topic, allow, connect):
     offsets = kafka.admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(GROUP_ID)])
     committed = offsets[GROUP_ID].result().topic_partitions
     assert [tp for tp in committed if tp.offset >= 0] == []
+
+
+class EventLog:
+    """Every message, batch, err and consume answer of one client, in the order they arrived."""
+
+    def __init__(self, client) -> None:
+        self.events: list[tuple[str, object]] = []
+        self.client = client
+        for event in ("message", "messages", "err"):
+            client.sio.on(event, self._recorder(event))
+
+    def _recorder(self, event: str):
+        async def record(data) -> None:
+            self.events.append((event, data))
+
+        return record
+
+    async def consume(self) -> asyncio.Future[None]:
+        """Emit a consume; the future resolves when its answer has been logged."""
+        answered = asyncio.get_running_loop().create_future()
+
+        def on_answer(err, message=None) -> None:
+            self.events.append(("consume", message if err is None else err))
+            answered.set_result(None)
+
+        await self.client.sio.emit("consume", None, callback=on_answer)
+        return answered
+
+    def after_error_of(self, topic: str) -> list[tuple[str, object]]:
+        """The events that followed the TopicNotAvailableError for ``topic``."""
+        names = [(e, d.get("name"), d.get("topic")) if isinstance(d, dict) else (e,) for e, d in self.events]
+        index = names.index(("err", "TopicNotAvailableError", topic))
+        return self.events[index + 1 :]
+
+    @staticmethod
+    def topics_in(events: list[tuple[str, object]]) -> set[str]:
+        found: set[str] = set()
+        for event, data in events:
+            if event in ("message", "consume") and isinstance(data, dict) and "_kafka" in data:
+                found.add(data["_kafka"]["topic"])
+            elif event == "messages":
+                found.update(m["_kafka"]["topic"] for m in data)
+        return found
+
+
+@pytest.mark.parametrize("mode", ["message", "messages", "consume"])
+async def test_nothing_of_a_removed_topic_follows_its_error(kafka, make_topic, connect, settings, mode):
+    settings.KASOCKI_ASSIGNMENT_CHECK_SECONDS = 0.05  # the error comes while the stream is busy
+    topic = make_topic()
+    entry = await WhitelistedTopic.objects.acreate(topic=topic)
+    # A backlog far longer than one check period: the stream is busy taking batches when the topic goes.
+    for start in range(0, 100_000, 50_000):  # in parts: librdkafka's producer queue holds 100k records
+        kafka.produce(topic, [{"i": i} for i in range(start, start + 50_000)])
+    client = await connect()
+    log = EventLog(client)
+    await client.ok("subscribe", {"topic": topic, "partition": 0, "offset": 0})
+    answered = None
+    if mode == "consume":
+        await (await log.consume())
+    else:
+        await client.ok("start", {"batch": 100} if mode == "messages" else None)
+        await tests_e2e.wait_until(lambda: len(log.events) > 10, what="messages streaming")
+    await entry.adelete()
+    deadline = asyncio.get_running_loop().time() + 10
+    while not any(e == "err" for e, _ in log.events):
+        assert asyncio.get_running_loop().time() < deadline, "no TopicNotAvailableError within 10 s"
+        if mode == "consume" and (answered is None or answered.done()):
+            answered = await log.consume()  # one at a time: after the error the last one waits forever
+        else:
+            await asyncio.sleep(0.01)
+    if mode != "consume":
+        await client.ok("stop", None)  # acked after everything the stream sent before it
+    assert EventLog.topics_in(log.events[:5]) == {topic}
+    assert EventLog.topics_in(log.after_error_of(topic)) == set()

@@ -277,3 +277,19 @@ async def test_requests_in_flight_are_limited(subscribed, settings):
     for w in waiting:
         w.cancel()
     await asyncio.gather(*waiting, return_exceptions=True)
+
+
+async def test_waiting_consumes_are_served_before_the_stream(kafka, subscribed):
+    client, topic = subscribed
+    await client.ok("start", None)
+    consumes = [asyncio.ensure_future(client.ok("consume", None)) for _ in range(5)]
+    (connection,) = [c for c in server_service().connections.values() if c.assignments]
+    await tests_e2e.wait_until(lambda: len(connection._waiters) == 5, what="five consume calls waiting")
+    kafka.produce(topic, [{"i": i} for i in range(20)])
+    consumed = await asyncio.wait_for(asyncio.gather(*consumes), 15)
+    # Served in the order they arrived, before the stream took anything; the stream gets the rest once.
+    assert [m["i"] for m in consumed] == [0, 1, 2, 3, 4]
+    streamed = await collect(client, "message", 15)
+    assert [m["i"] for m in streamed] == list(range(5, 20))
+    await client.ok("stop", None)
+    assert client.pending("message") == []
