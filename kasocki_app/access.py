@@ -40,7 +40,11 @@ def client_address(environ: dict[str, Any]) -> str:
     """
     client = environ.get("asgi.scope", {}).get("client")
     peer = client[0] if client else environ.get("REMOTE_ADDR", "")
-    forwarded = environ.get("HTTP_X_FORWARDED_FOR")
+    return address_behind_proxies(peer, environ.get("HTTP_X_FORWARDED_FOR"))
+
+
+def address_behind_proxies(peer: str, forwarded: str | None) -> str:
+    """The client behind ``peer``: its X-Forwarded-For is believed only when ``peer`` is a trusted proxy."""
     if not forwarded or not _trusted(peer):
         return peer
     # Walk the chain from the right: the first address not of a trusted proxy is the client.

@@ -9,6 +9,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
+from .access import address_behind_proxies
 from .conf import conf
 from .exceptions import KafkaError
 from .kafka import cluster
@@ -38,14 +39,17 @@ def viewer(request: HttpRequest) -> HttpResponse:
 def metrics_view(request: HttpRequest) -> HttpResponse:
     """Prometheus text format: this process's counters and gauges.
 
-    Only for the bearer token KASOCKI_METRICS_TOKEN when one is set, else only for peers in
-    KASOCKI_METRICS_NETWORKS (loopback by default): lag labels name topics.
+    Only for the bearer token KASOCKI_METRICS_TOKEN when one is set, else only for clients in
+    KASOCKI_METRICS_NETWORKS (loopback by default): lag labels name topics. The client is judged
+    as connection limits judge it: behind a trusted proxy (KASOCKI_TRUSTED_PROXIES), the address
+    the proxy forwards, not the proxy's own.
     """
     if conf.metrics_token:
         allowed = hmac.compare_digest(request.headers.get("Authorization", ""), f"Bearer {conf.metrics_token}")
     else:
+        address = address_behind_proxies(request.META.get("REMOTE_ADDR", ""), request.headers.get("X-Forwarded-For"))
         try:
-            peer = ipaddress.ip_address(request.META.get("REMOTE_ADDR", ""))
+            peer = ipaddress.ip_address(address)
         except ValueError:
             peer = None
         allowed = peer is not None and any(peer in ipaddress.ip_network(n, strict=False) for n in conf.metrics_networks)

@@ -68,3 +68,23 @@ def test_metrics_with_a_token(asgi_server, settings):
     request = urllib.request.Request(f"{asgi_server.url}/metrics", headers={"Authorization": "Bearer s3cret"})
     with urllib.request.urlopen(request, timeout=10) as response:
         assert b"kasocki_connections" in response.read()
+
+
+@pytest.mark.parametrize(
+    ("trusted", "forwarded", "status"),
+    [
+        pytest.param(["127.0.0.1"], "203.0.113.7", 403, id="internet-client-behind-the-proxy"),
+        pytest.param(["127.0.0.1"], "127.0.0.1", 200, id="loopback-client-behind-the-proxy"),
+        pytest.param([], "127.0.0.1", 200, id="header-of-an-untrusted-peer-ignored"),
+        pytest.param([], "203.0.113.7", 200, id="forged-header-changes-nothing"),
+    ],
+)
+def test_metrics_judge_the_client_behind_a_trusted_proxy(asgi_server, settings, trusted, forwarded, status):
+    settings.KASOCKI_TRUSTED_PROXIES = trusted
+    request = urllib.request.Request(f"{asgi_server.url}/metrics", headers={"X-Forwarded-For": forwarded})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            code = response.status
+    except urllib.error.HTTPError as refused:
+        code = refused.code
+    assert code == status
