@@ -1,11 +1,13 @@
 """Which topics a client may read: the settings list plus enabled admin entries it has access to, that exist.
 
 Each process caches the whitelist for KASOCKI_WHITELIST_CACHE_SECONDS, so an admin
-change reaches every process within that time.
+change reaches every process within that time; the process that saved it forgets its copy at once.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import time
 from dataclasses import dataclass
 
@@ -38,13 +40,59 @@ class Entry:
         )
 
 
-_cache: tuple[float, tuple[Entry, ...]] | None = None
+class WhitelistCache:
+    """This process's copy of the enabled whitelist entries, refreshed by one query per expiry.
+
+    However many connections look at the whitelist when the copy expires, they share one
+    refresh (single flight): hundreds of streams checking at once cost the database one query.
+    """
+
+    def __init__(self) -> None:
+        self._entries: tuple[Entry, ...] = ()
+        self._loaded_at = float("-inf")
+        # Bumped by invalidate(): a copy loaded (or a refresh started) before a change is not fresh.
+        self._generation = 0
+        self._entries_generation = -1
+        self._refresh: asyncio.Task[tuple[Entry, ...]] | None = None
+        self._refresh_generation = -1
+
+    def invalidate(self) -> None:
+        """Forget the copy (may be called from any thread: admin saves run in Django's sync thread)."""
+        self._generation += 1
+
+    async def entries(self) -> tuple[Entry, ...]:
+        if (
+            self._entries_generation == self._generation
+            and time.monotonic() - self._loaded_at <= conf.whitelist_cache_seconds
+        ):
+            return self._entries
+        loop = asyncio.get_running_loop()
+        refresh = self._refresh
+        if (
+            refresh is None
+            or refresh.done()
+            or refresh.get_loop() is not loop
+            or self._refresh_generation != self._generation
+        ):
+            # A fresh context: the refresh serves every connection, not the one whose call started it.
+            refresh = loop.create_task(self._load(self._generation), context=contextvars.Context())
+            self._refresh = refresh
+            self._refresh_generation = self._generation
+            refresh.add_done_callback(_seen)
+        # shield: one caller giving up (a disconnect) must not cancel the refresh the others wait for.
+        return await asyncio.shield(refresh)
+
+    async def _load(self, generation: int) -> tuple[Entry, ...]:
+        started = time.monotonic()
+        entries = await _enabled_entries()
+        self._entries, self._loaded_at, self._entries_generation = entries, started, generation
+        return entries
 
 
-def invalidate() -> None:
-    """Forget this process's cached whitelist (on admin saves and setting changes)."""
-    global _cache
-    _cache = None
+def _seen(task: asyncio.Task[tuple[Entry, ...]]) -> None:
+    # Every waiter may have been cancelled: retrieve a failure so asyncio does not log it as lost.
+    if not task.cancelled():
+        task.exception()
 
 
 @database_sync_to_async
@@ -53,12 +101,16 @@ def _enabled_entries() -> tuple[Entry, ...]:
     return tuple(Entry(e.topic, e.access, frozenset(g.id for g in e.groups.all()), e.permission) for e in entries)
 
 
+whitelist = WhitelistCache()
+
+
+def invalidate() -> None:
+    """Forget this process's cached whitelist (on admin saves and setting changes)."""
+    whitelist.invalidate()
+
+
 async def entries() -> tuple[Entry, ...]:
-    global _cache
-    now = time.monotonic()
-    if _cache is None or now - _cache[0] > conf.whitelist_cache_seconds:
-        _cache = (now, await _enabled_entries())
-    return _cache[1]
+    return await whitelist.entries()
 
 
 async def allowed_topics(principal: Principal = ANONYMOUS) -> frozenset[str]:
