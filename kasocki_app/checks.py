@@ -11,6 +11,9 @@ from django.utils.module_loading import import_string
 
 from .conf import DEFAULTS, RESET_POLICIES, conf
 
+# Numeric settings where 0 is documented as "never" rather than a mistake.
+ZERO_MEANS_NEVER = frozenset({"KASOCKI_IDLE_TIMEOUT"})
+
 
 @register()
 def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
@@ -56,10 +59,14 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
     for name, default in DEFAULTS.items():
         if isinstance(default, (int, float)) and not isinstance(default, bool):
             value = getattr(settings, name, default)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            never = name in ZERO_MEANS_NEVER
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not number or value < 0 or (value == 0 and not never):
                 errors.append(
                     Error(
-                        f"{name} must be a positive number.", hint=f"The default is {default}.", id="kasocki_app.E005"
+                        f"{name} must be {'zero (never) or ' if never else ''}a positive number.",
+                        hint=f"The default is {default}.",
+                        id="kasocki_app.E005",
                     )
                 )
     origins = getattr(settings, "KASOCKI_ALLOWED_ORIGINS", [])

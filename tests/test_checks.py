@@ -27,6 +27,7 @@ def test_defaults_pass():
         pytest.param("KASOCKI_MESSAGE_BUILDER", "no.such.builder", "kasocki_app.E004", id="builder"),
         pytest.param("KASOCKI_MAX_BATCH", 0, "kasocki_app.E005", id="limit-zero"),
         pytest.param("KASOCKI_KAFKA_TIMEOUT", "10", "kasocki_app.E005", id="limit-string"),
+        pytest.param("KASOCKI_IDLE_TIMEOUT", -1, "kasocki_app.E005", id="idle-timeout-negative"),
         pytest.param("KASOCKI_ALLOWED_ORIGINS", "https://a.example", "kasocki_app.E006", id="origins-string"),
     ],
 )
@@ -35,3 +36,8 @@ def test_bad_settings_are_reported(setting, value, error):
         errors = check_settings()
     assert ids(errors) == [error]
     assert all(e.hint for e in errors)
+
+
+def test_zero_idle_timeout_means_never():
+    with override_settings(KASOCKI_IDLE_TIMEOUT=0):
+        assert check_settings() == []
