@@ -178,7 +178,7 @@ async def test_stop_when_not_started_is_fine(subscribed):
     assert await client.ok("stop", None) is None
 
 
-async def test_stop_and_resume_lose_and_repeat_nothing(kafka, subscribed):
+async def test_stop_and_resume_lose_and_repeat_nothing(kafka, subscribed, connect):
     client, topic = subscribed
     before, after = 20_000, 100
     kafka.produce(topic, [{"i": i} for i in range(before)])
@@ -188,7 +188,14 @@ async def test_stop_and_resume_lose_and_repeat_nothing(kafka, subscribed):
     # The stop is answered after the stream ended, on the same ordered channel: every
     # message emitted before it has arrived by now.
     received += client.pending("message")
+    # A witness streaming the new records from the live end: once it has them all, a stream
+    # that kept running after the stop would have sent them to the stopped client too.
+    witness = await connect()
+    await witness.ok("subscribe", topic)
+    await witness.ok("start", None)
     kafka.produce(topic, [{"i": i} for i in range(before, before + after)])
+    assert [m["i"] for m in await collect(witness, "message", after)] == list(range(before, before + after))
+    await client.ok("filter", None)  # a round trip on the stopped client's own ordered channel
     assert client.pending("message") == []
     await client.ok("start", None)
     received += await collect(client, "message", before + after - len(received))
