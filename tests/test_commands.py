@@ -8,6 +8,8 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 from django.core.management import CommandError, call_command
 
+from kasocki_app.kafka import cluster
+from kasocki_app.management.commands.kasocki_check import counted
 from kasocki_app.models import WhitelistedTopic
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -26,12 +28,54 @@ def test_check_passes_when_everything_is_there(kafka, make_topic, allow):
     assert f"{topic}: 3 partitions" in out and "ready to serve" in out
 
 
+@pytest.mark.parametrize(
+    ("count", "text"),
+    [
+        pytest.param(0, "0 partitions", id="zero"),
+        pytest.param(1, "1 partition", id="one"),
+        pytest.param(2, "2 partitions", id="two"),
+        pytest.param(11, "11 partitions", id="eleven"),
+    ],
+)
+def test_counted_is_singular_for_one_only(count, text):
+    assert counted(count, "partition") == text
+
+
+def test_check_counts_one_partition_in_the_singular(kafka, make_topic, allow):
+    topic = make_topic(1)
+    allow(topic)
+    out, _ = run("kasocki_check")
+    assert f"  {topic}: 1 partition" in out.splitlines()
+
+
+def test_check_counts_one_topic_in_the_singular(kafka, make_topic, allow, monkeypatch):
+    topic = make_topic(2)
+    allow(topic)
+
+    async def only_this_topic(fresh: bool = False) -> dict[str, int]:
+        return {topic: 2}
+
+    # The shared broker holds many topics: the count of one is only seen with a cluster of one.
+    monkeypatch.setattr(cluster, "topics", only_this_topic)
+    out, _ = run("kasocki_check")
+    lines = out.splitlines()
+    assert lines[0].endswith(": reachable, 1 topic") and f"  {topic}: 2 partitions" in lines
+
+
 def test_check_fails_for_a_missing_topic(kafka, make_topic, allow):
     allow("no-such-topic-here")
     WhitelistedTopic.objects.create(topic="also-missing", access="restricted")
     with pytest.raises(CommandError) as failed:
         run("kasocki_check")
     assert failed.value.returncode == 1
+    assert str(failed.value) == "2 problems found"
+
+
+def test_check_counts_one_problem_in_the_singular(kafka, allow):
+    allow("no-such-topic-here")
+    with pytest.raises(CommandError) as failed:
+        run("kasocki_check")
+    assert str(failed.value) == "1 problem found"
 
 
 def test_check_fails_when_kafka_is_unreachable(settings, kafka):

@@ -274,3 +274,17 @@ async def test_disconnect_while_streaming_releases_everything(kafka, make_topic,
     await client.close()
     await wait_until(lambda: connection.closed and connection._stream_task.done(), what="stream cancelled")
     await wait_until(lambda: ConsumerCounts.open == before, what="consumer closed")
+
+
+async def test_timestamp_zero_starts_at_the_log_start_after_retention(kafka, make_topic, allow, connect):
+    topic = make_topic()
+    allow(topic)
+    kafka.produce(topic, [{"i": i} for i in range(5)])
+    for future in kafka.admin.delete_records([TopicPartition(topic, 0, 3)]).values():
+        future.result(30)
+    client = await connect()
+    # The viewer's "Earliest": unlike offset 0, no reset policy applies, whatever KASOCKI_RESET_POLICY says.
+    assert await client.ok("subscribe", {"topic": topic, "partition": 0, "timestamp": 0}) == [
+        {"topic": topic, "partition": 0, "offset": 3}
+    ]
+    assert (await client.ok("consume", None))["i"] == 3

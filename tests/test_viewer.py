@@ -1,4 +1,4 @@
-"""The viewer page in headless Chromium: topics, start positions, live rows, filters and errors.
+"""The viewer page in headless Chromium: topics, start positions, live rows, the rate, filters and errors.
 
 tests/js/viewer_browser.mjs drives the page with playwright-core and reports what it saw as JSON lines;
 these tests produce the records when the driver says the page is streaming and check its reports.
@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import pytest
+from confluent_kafka import TopicPartition
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -27,6 +28,8 @@ SCREENSHOT = ROOT / "artifacts" / "viewer.png"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MAX_ROWS = 500  # the table's bound, in viewer.js
 HOUR_MS = 3_600_000
+RATE_WINDOW_MS = 5000  # the span the rate covers, in viewer.js
+NO_RATE = "\N{EN DASH}"  # what the page shows until a rate can be measured
 
 
 class BrowserDriver:
@@ -227,4 +230,58 @@ def test_viewer_starts_from_a_date_or_offsets_and_lists_server_errors(kafka, mak
         ("PartitionNotAvailableError", f"topic {topic!r} has no partition 7")
     ]
     assert "on subscribe" in bad["errors"][0]["details"]
+    assert result["pageErrors"] == []
+
+
+def test_viewer_starts_every_selected_topic_from_its_earliest_offsets(kafka, make_topic, allow, browser):
+    first, second = make_topic(partitions=2), make_topic()
+    kafka.produce(first, [reading(seq) for seq in range(5)], partition=0)
+    kafka.produce(first, [reading(seq) for seq in (10, 11, 12)], partition=1)
+    kafka.produce(second, [reading(seq) for seq in (20, 21)])
+    # Retention-like deletion: partition 0 now starts at offset 2, so offset 0 would be reset to the latest.
+    for future in kafka.admin.delete_records([TopicPartition(first, 0, 2)]).values():
+        future.result(30)
+    allow(first, second)
+    driver = browser("earliest", topics=[first, second], timezone="UTC", expectRows=8)
+    result = driver.result()
+
+    assert result["assignments"] == sorted(
+        [
+            {"topic": first, "partition": 0, "offset": 2},
+            {"topic": first, "partition": 1, "offset": 0},
+            {"topic": second, "partition": 0, "offset": 0},
+        ],
+        key=lambda a: (a["topic"], a["partition"]),
+    )
+    rows = {(row["topic"], row["partition"], row["offset"]): row["body"]["seq"] for row in result["rows"]}
+    assert rows == {
+        **{(first, 0, offset): offset for offset in (2, 3, 4)},
+        **{(first, 1, offset): seq for offset, seq in enumerate((10, 11, 12))},
+        **{(second, 0, offset): seq for offset, seq in enumerate((20, 21))},
+    }
+    assert result["errors"] == []
+    assert result["pageErrors"] == []
+
+
+def test_viewer_shows_a_rate_only_over_a_whole_window(kafka, make_topic, allow, browser):
+    topic = make_topic()
+    allow(topic)
+    driver = browser("rate", topic=topic, timezone="UTC", expectRows=2, watchMs=1500, laterRows=4)
+    driver.expect("streaming")
+    kafka.produce(topic, [reading(seq) for seq in (0, 1)])
+    # Two more once the page has sampled for a while, so that the first whole window holds messages.
+    driver.expect("watched")
+    kafka.produce(topic, [reading(seq) for seq in (2, 3)])
+    result = driver.result()
+
+    # Two messages right after Start are no rate ("2 msg/s" would be a guess), however often it is sampled.
+    early = result["early"]
+    assert early["elapsedMs"] < RATE_WINDOW_MS, "the machine was too slow for this test's first look"
+    assert (early["count"], early["rates"]) == (2, [NO_RATE])
+    # Once streaming has lasted a window, the rate is the messages of the last window over its length.
+    later = result["later"]
+    assert later["elapsedMs"] >= RATE_WINDOW_MS
+    assert later["count"] == 4
+    assert 0 < float(later["rate"]) <= 4 * 1000 / RATE_WINDOW_MS
+    assert result["errors"] == []
     assert result["pageErrors"] == []

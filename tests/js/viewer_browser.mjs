@@ -226,7 +226,52 @@ async function positionsScenario(page) {
   return { time, offsets, bad };
 }
 
-const SCENARIOS = { stream: streamScenario, positions: positionsScenario };
+/** Earliest: every selected topic from the oldest offset still in each partition's log. */
+async function earliestScenario(page) {
+  await page.goto(config.url, { timeout: TIMEOUT });
+  for (const topic of config.topics) await pickTopic(page, topic);
+  await page.check('input[name="position"][value="earliest"]');
+  await startOrExplain(page, "earliest");
+  await waitForRows(page, config.expectRows);
+  return { assignments: await assignments(page), rows: await tableRows(page), errors: await errorList(page) };
+}
+
+/** The rate: none yet right after the first messages; more messages, then a rate once streaming has lasted longer. */
+async function rateScenario(page) {
+  await page.goto(config.url, { timeout: TIMEOUT });
+  await pickTopic(page, config.topic);
+  const clicked = Date.now();
+  await startOrExplain(page, "latest");
+  say({ event: "streaming" });
+  await waitForRows(page, config.expectRows);
+  // Watch the rate for a while after the messages: sampling runs twice a second.
+  const rates = new Set();
+  for (const until = Date.now() + config.watchMs; Date.now() < until; ) {
+    rates.add(await page.textContent("#rate"));
+    await page.waitForTimeout(50);
+  }
+  const early = { ...(await counters(page)), rates: [...rates], elapsedMs: Date.now() - clicked };
+  say({ event: "watched" });
+  await waitForRows(page, config.laterRows);
+  // Resolves with the first rate shown, read in the same poll that saw it.
+  const shown = await page.waitForFunction(
+    () => {
+      const text = document.getElementById("rate").textContent;
+      return /\d/.test(text) && text;
+    },
+    null,
+    { timeout: TIMEOUT, polling: 50 },
+  );
+  const later = { ...(await counters(page)), rate: await shown.jsonValue(), elapsedMs: Date.now() - clicked };
+  return { early, later, errors: await errorList(page) };
+}
+
+const SCENARIOS = {
+  stream: streamScenario,
+  positions: positionsScenario,
+  earliest: earliestScenario,
+  rate: rateScenario,
+};
 
 // --- main ---------------------------------------------------------------------
 

@@ -28,22 +28,27 @@ class Command(BaseCommand):
             problems.append(f"Kafka at {bootstrap} is not reachable: {exc.message}")
             existing = None
         if existing is not None:
-            self.stdout.write(f"Kafka at {bootstrap}: reachable, {len(existing)} topics")
+            self.stdout.write(f"Kafka at {bootstrap}: reachable, {counted(len(existing), 'topic')}")
             allowed = sorted(asyncio.run(self._all_allowed()))
             if not allowed:
                 self.stdout.write("No topic is allowed yet (KASOCKI_ALLOWED_TOPICS or the admin whitelist).")
             for name in allowed:
                 if name in existing:
-                    self.stdout.write(f"  {name}: {existing[name]} partitions")
+                    self.stdout.write(f"  {name}: {counted(existing[name], 'partition')}")
                 else:
                     problems.append(f"allowed topic {name!r} does not exist in Kafka")
         if problems:
             for problem in problems:
                 self.stderr.write(f"problem: {problem}")
-            raise CommandError(f"{len(problems)} problem(s) found", returncode=1)
+            raise CommandError(f"{counted(len(problems), 'problem')} found", returncode=1)
         self.stdout.write(self.style.SUCCESS("Kasocki is ready to serve."))
 
     @staticmethod
     async def _all_allowed() -> set[str]:
         """Every allowed topic, whatever its access rule."""
         return set(conf.allowed_topics) | {e.topic for e in await topics.entries()}
+
+
+def counted(count: int, noun: str) -> str:
+    """``count`` and ``noun``, plural unless the count is one: "1 partition", "0 partitions"."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"

@@ -12,7 +12,8 @@
   const MAX_ERRORS = 50;
   const ACK_TIMEOUT_MS = 15000;
   const PREVIEW_CHARS = 300;
-  const RATE_WINDOW_MS = 3000;
+  const RATE_WINDOW_MS = 5000; // the rate is shown once streaming has run this long, and covers this span
+  const RATE_SAMPLE_MS = 500;
   const READY_TIMEOUT_MS = 10000;
 
   const $ = (id) => document.getElementById(id);
@@ -20,11 +21,13 @@
     connection: $("connection"),
     state: $("state"),
     rate: $("rate"),
+    rateStat: $("rate-stat"),
     count: $("count"),
     shown: $("shown"),
     subscription: $("subscription"),
     lockedHint: $("locked-hint"),
     topics: $("topics"),
+    earliestFields: $("earliest-fields"),
     offsetsFields: $("offsets-fields"),
     offsets: $("offsets"),
     timeFields: $("time-fields"),
@@ -179,8 +182,11 @@
         // Filters belong to a connection: a new one starts without.
         if (appliedFilter !== null) await call(s, "filter", appliedFilter);
       }
+      const since = [performance.now(), arrived]; // messages may arrive before the answer
       await call(s, "start", null);
       setStreaming(true);
+      rateSamples = [since];
+      renderRate();
     } catch (error) {
       reportFailure(error);
       setStreaming(false);
@@ -214,6 +220,9 @@
       if (!Number.isSafeInteger(timestamp) || timestamp < 0) throw new Error("That date and time is not usable.");
       return topics.map((topic) => ({ topic, timestamp }));
     }
+    // Timestamp 0 is at or before every record, so each partition starts at its log start offset.
+    // (Offset 0 would not do: once retention has removed it, KASOCKI_RESET_POLICY applies, "latest" by default.)
+    if (mode === "earliest") return topics.map((topic) => ({ topic, timestamp: 0 }));
     if (mode === "offsets") return topics.flatMap((topic) => parseOffsets(topic, offsetInput(topic).value));
     return topics;
   }
@@ -275,6 +284,7 @@
 
   function renderPositionFields() {
     const mode = positionMode();
+    ui.earliestFields.hidden = mode !== "earliest";
     ui.offsetsFields.hidden = mode !== "offsets";
     ui.timeFields.hidden = mode !== "time";
     if (mode === "time" && !ui.since.value) ui.since.value = localInputValue(new Date(Date.now() - 3600 * 1000));
@@ -390,12 +400,14 @@
 
   let pending = []; // received, not yet drawn
   let flushScheduled = false;
-  let received = 0;
+  let received = 0; // since the last Clear
+  let arrived = 0; // since the page opened: the rate's counter, which Clear leaves alone
   const rowMessages = new WeakMap(); // row element -> message, forgotten with the row
   let selectedRow = null;
 
   function receive(message) {
     received += 1;
+    arrived += 1;
     pending.push(message);
     // Only the newest MAX_ROWS can be drawn; do not hoard more while frames are not running (hidden tab).
     if (pending.length > 2 * MAX_ROWS) pending = pending.slice(-MAX_ROWS);
@@ -487,16 +499,15 @@
   function clearTable() {
     pending = [];
     received = 0;
-    samples.length = 0;
     ui.rows.replaceChildren();
     hideDetail();
     renderCounts();
-    ui.rate.textContent = "0";
   }
 
   // --- counters ----------------------------------------------------------------
 
-  const samples = []; // [time, received] pairs over the last RATE_WINDOW_MS
+  // [time, arrived] pairs while streaming, the oldest at least RATE_WINDOW_MS old once that much has passed.
+  let rateSamples = [];
   const numberFormat = new Intl.NumberFormat();
 
   function renderCounts() {
@@ -508,11 +519,22 @@
   }
 
   function sampleRate() {
+    if (!streaming) return;
     const now = performance.now();
-    samples.push([now, received]);
-    while (samples.length > 1 && now - samples[0][0] > RATE_WINDOW_MS) samples.shift();
-    const [then, count] = samples[0];
-    const rate = now > then ? ((received - count) * 1000) / (now - then) : 0;
+    rateSamples.push([now, arrived]);
+    while (rateSamples.length > 2 && now - rateSamples[1][0] >= RATE_WINDOW_MS) rateSamples.shift();
+    renderRate();
+  }
+
+  /** Messages per second over the last window; a dash until streaming has lasted a whole window. */
+  function renderRate() {
+    const [then, count] = rateSamples.length ? rateSamples[0] : [0, 0];
+    const [now, total] = rateSamples.length ? rateSamples[rateSamples.length - 1] : [0, 0];
+    if (!streaming || now - then < RATE_WINDOW_MS) {
+      ui.rate.textContent = "–";
+      return;
+    }
+    const rate = ((total - count) * 1000) / (now - then);
     ui.rate.textContent = rate >= 10 ? numberFormat.format(Math.round(rate)) : rate.toFixed(1).replace(/\.0$/, "");
   }
 
@@ -569,6 +591,8 @@
 
   function setStreaming(on) {
     streaming = on;
+    if (!on) rateSamples = []; // a rate spans one stretch of streaming, not the pauses between
+    renderRate();
     if (on) setState("streaming", "streaming");
     else setState(session ? "stopped" : "idle", session ? "stopped" : "idle");
     renderButtons();
@@ -651,7 +675,8 @@
   renderCounts();
   renderButtons();
   renderPositionFields();
-  setInterval(sampleRate, 500);
+  ui.rateStat.title = `Messages per second over the last ${RATE_WINDOW_MS / 1000} seconds of streaming`;
+  setInterval(sampleRate, RATE_SAMPLE_MS);
 
   if (typeof io !== "function") {
     setConnection("error", "no client");
