@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import itertools
 import logging
 import queue
 import threading
@@ -23,12 +24,20 @@ from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 from confluent_kafka import KafkaError as RdKafkaError
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
-from . import metrics
+from . import lograte, metrics
 from .conf import conf
 from .exceptions import KafkaError
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+
+# Every consumer of the process meets the same errors at each reconnect attempt of an
+# outage: these log one line per kind of error per interval, with a count, for them all.
+consumer_errors = lograte.RateLimitedLog(logger, noun="consumers")
+librdkafka_log = lograte.LibrdkafkaLogger(
+    lograte.RateLimitedLog(logging.getLogger("kasocki_app.librdkafka"), noun="Kafka clients")
+)
+_consumer_ids = itertools.count(1)
 
 # One fixed group id: librdkafka wants one even for assign(). The service never
 # calls subscribe() and never commits or stores offsets, so the group never gets
@@ -177,7 +186,7 @@ class Cluster:
         with self._lock:
             if self._admin is None:
                 config = {**conf.kafka_config, "client.id": "kasocki-admin"}
-                self._admin = AdminClient(config, logger=logging.getLogger("kasocki_app.librdkafka"))
+                self._admin = AdminClient(config, logger=librdkafka_log)
             return self._admin
 
     def reset(self) -> None:
@@ -292,6 +301,26 @@ def in_own_thread(func: Callable[[], T]) -> asyncio.Future[T]:
     return future
 
 
+def error_callback(errors: deque[KafkaError], consumer_id: int) -> Callable[[RdKafkaError], None]:
+    """A consumer's ``error_cb``: keeps the error for the client and logs it, rate-limited."""
+
+    def on_error(error: RdKafkaError) -> None:
+        # Called from inside consume(); the stream loop reports these to the client.
+        name, text = error.name(), error.str()
+        consumer_errors.log(
+            logging.WARNING, (name, lograte.shape(text)), consumer_id, "kafka consumer error %s (%s)", name, text
+        )
+        errors.append(kafka_error(error))
+
+    return on_error
+
+
+def flush_logs(force: bool = False) -> None:
+    """Write the Kafka log summaries that are due (everything pending with ``force``)."""
+    consumer_errors.flush(force)
+    librdkafka_log.flush(force)
+
+
 def _close_when_created(future: asyncio.Future[Consumer]) -> None:
     if not future.cancelled() and future.exception() is None:
         executor().submit(future.result().close)
@@ -317,17 +346,9 @@ class KafkaSource:
     @classmethod
     async def create(cls) -> KafkaSource:
         errors: deque[KafkaError] = deque(maxlen=100)
-
-        def on_error(error: RdKafkaError) -> None:
-            # Called from inside consume(); the stream loop reports these to the client.
-            logger.warning("kafka consumer error: %s", error)
-            errors.append(kafka_error(error))
-
         config = consumer_config()
-        config["error_cb"] = on_error
-        future = asyncio.get_running_loop().run_in_executor(
-            executor(), lambda: Consumer(config, logger=logging.getLogger("kasocki_app.librdkafka"))
-        )
+        config["error_cb"] = error_callback(errors, next(_consumer_ids))
+        future = asyncio.get_running_loop().run_in_executor(executor(), lambda: Consumer(config, logger=librdkafka_log))
         try:
             consumer = await asyncio.wait_for(asyncio.shield(future), conf.kafka_timeout)
         except BaseException as exc:
@@ -380,6 +401,7 @@ class KafkaSource:
         return await asyncio.wrap_future(future)
 
     def take_errors(self) -> list[KafkaError]:
+        flush_logs()  # the stream loop calls this often: summaries get written though no new error comes
         errors = list(self._errors)
         self._errors.clear()
         return errors
@@ -390,6 +412,8 @@ class KafkaSource:
             return True
         self._closed = True
         ConsumerCounts.open -= 1
+        # The last consumer gone: no stream loop is left to write the pending summaries later.
+        flush_logs(force=ConsumerCounts.open == 0)
         if self._waiting is not None and not self._waiting.done():
             # Closing under a consume() still running in its thread would free the handle it uses.
             with contextlib.suppress(Exception):

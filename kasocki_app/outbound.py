@@ -6,10 +6,14 @@ So the service measures a client's backlog: the bytes in its engine.io queue plu
 the bytes the ASGI server still holds for its websocket, read from the server's
 transport where the server exposes one (daphne, uvicorn). The stream loop stops
 reading Kafka for a client whose backlog is over KASOCKI_MAX_BACKLOG_BYTES.
+
+The same ASGI wrapper ends a long-polling request whose client left mid-poll,
+which engine.io alone would not notice (see LongPollWatch).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import logging
@@ -19,6 +23,7 @@ from urllib.parse import parse_qs
 
 import orjson
 import socketio
+from engineio import packet as eio_packet
 
 from . import jsonshim, metrics
 
@@ -59,8 +64,69 @@ def server_transport(send: Any) -> ServerTransport | None:
     return None
 
 
+class LongPollWatch:
+    """receive and send for one long-polling GET, calling ``on_disconnect`` when the client leaves mid-poll.
+
+    engine.io reads the request once, then waits for packets (up to a ping interval)
+    without calling receive() again: it never sees ``http.disconnect``, and daphne kills
+    the application instance after its close timeout. Once the request is complete, this
+    reads receive() itself, so the client leaving is seen at once.
+    """
+
+    def __init__(self, receive: Any, send: Any, on_disconnect: Callable[[], None]) -> None:
+        self._receive = receive
+        self._send = send
+        self._on_disconnect = on_disconnect
+        self._watcher: asyncio.Task[dict[str, Any]] | None = None
+        self._responded = False
+
+    async def receive(self) -> dict[str, Any]:
+        if self._watcher is not None:
+            # The request is complete: the only message left is the disconnect the watcher waits for.
+            return await asyncio.shield(self._watcher)
+        message: dict[str, Any] = await self._receive()
+        if message["type"] == "http.request" and not message.get("more_body"):
+            self._watcher = asyncio.ensure_future(self._watch())
+        return message
+
+    async def send(self, message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.body" and not message.get("more_body"):
+            self._responded = True  # servers also report a disconnect after a complete response
+        await self._send(message)
+
+    async def _watch(self) -> dict[str, Any]:
+        while True:
+            message: dict[str, Any] = await self._receive()
+            if message["type"] == "http.disconnect":
+                if not self._responded:
+                    self._on_disconnect()
+                return message
+
+    async def close(self) -> None:
+        """Stop watching (the request is over)."""
+        if self._watcher is None:
+            return
+        self._watcher.cancel()
+        await asyncio.wait([self._watcher])
+        if not self._watcher.cancelled() and self._watcher.exception() is not None:
+            logger.warning("watching a long-poll for its client leaving failed: %r", self._watcher.exception())
+
+
+def _long_poll_sid(scope: dict[str, Any], path: str | None) -> str | None:
+    """The engine.io session of a long-polling GET to ``path``; None for any other request."""
+    if scope["type"] != "http" or scope.get("method") != "GET" or path is None:
+        return None
+    if not (scope.get("path", "") + "/").startswith(path):
+        return None
+    query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+    if query.get("transport", ["polling"])[0] != "polling":
+        return None
+    sids = query.get("sid")
+    return sids[0] if sids else None
+
+
 class BacklogMeteredApp:
-    """ASGI wrapper: for each websocket, remembers how to read the server's send buffer."""
+    """ASGI wrapper: measures each websocket's send buffer, and ends long-polls whose client left."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
@@ -83,6 +149,8 @@ class BacklogMeteredApp:
                     await send({"type": "http.response.body", "body": b"bad request"})
 
     async def _serve(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            return await self._serve_http(scope, receive, send)
         if scope["type"] != "websocket":
             return await self.app(scope, receive, send)
         transport = server_transport(send)
@@ -107,6 +175,29 @@ class BacklogMeteredApp:
         finally:
             if session["sid"]:
                 _transports.pop(session["sid"], None)
+
+    async def _serve_http(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        sid = _long_poll_sid(scope, getattr(self.app, "engineio_path", None))
+        if sid is None or self.sio is None:
+            await self.app(scope, receive, send)
+            return
+        watch = LongPollWatch(receive, send, functools.partial(self._end_poll, sid))
+        try:
+            await self.app(scope, watch.receive, watch.send)
+        finally:
+            await watch.close()
+
+    def _end_poll(self, sid: str) -> None:
+        """Make the poll of a client that left return now, keeping its engine.io session.
+
+        Cancelling the poll would close the session (engine.io takes a cancelled wait for a
+        transport error), though the client may poll again on a new connection. A NOOP is what
+        engine.io itself sends to end a poll early: the response goes nowhere, the session
+        stays until it answers a ping or times out as usual.
+        """
+        socket = self.sio.eio.sockets.get(sid) if self.sio is not None else None
+        if socket is not None and not socket.closed and not socket.upgraded:
+            socket.queue.put_nowait(eio_packet.Packet(eio_packet.NOOP))
 
 
 class Outbound:
