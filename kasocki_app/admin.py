@@ -10,12 +10,12 @@ from typing import Any
 from confluent_kafka import KafkaException
 from django.contrib import admin, messages
 from django.contrib.auth import get_permission_codename
-from django.db.models import QuerySet
+from django.db.models import Exists, OuterRef, QuerySet, Subquery
 from django.http import HttpRequest, HttpResponse
 
-from .conf import conf
+from . import registry
 from .kafka import cluster
-from .models import LiveConnection, WhitelistedTopic
+from .models import DisconnectRequest, LiveConnection, LiveProcess, WhitelistedTopic
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +78,19 @@ class WhitelistedTopicAdmin(admin.ModelAdmin):
         return ", ".join(f"{p}: {low}-{high}" for p, (low, high) in enumerate(facts[entry.topic]))
 
 
+class DisconnectRequestedFilter(admin.SimpleListFilter):
+    title = "disconnect requested"
+    parameter_name = "disconnect_requested"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin[Any]) -> list[tuple[str, str]]:
+        return [("yes", "Yes"), ("no", "No")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        if self.value() in ("yes", "no"):
+            return queryset.filter(disconnect_pending=self.value() == "yes")
+        return queryset
+
+
 @admin.register(LiveConnection)
 class LiveConnectionAdmin(admin.ModelAdmin):
     """The clients connected to every server process, as each last published them; read-only."""
@@ -85,19 +98,42 @@ class LiveConnectionAdmin(admin.ModelAdmin):
     list_display = (
         "address",
         "username",
-        "subscribed_to",
+        "position_and_lag",
         "filter_object",
         "delivered",
-        "lag_per_partition",
         "connected_since",
-        "last_seen",
+        "process_seen",
         "process",
         "sid",
         "disconnect_requested",
     )
-    list_filter = ("process", "disconnect_requested")
+    list_filter = ("process", DisconnectRequestedFilter)
     search_fields = ("address", "username")
     actions = ("disconnect_selected",)
+    fields = (
+        "process",
+        "sid",
+        "address",
+        "username",
+        "subscribed_from",
+        "position_and_lag",
+        "filter_object",
+        "delivered",
+        "connected_since",
+        "updated",
+        "process_seen",
+        "disconnect_requested",
+    )
+    readonly_fields = fields
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[LiveConnection]:
+        requests = DisconnectRequest.objects.filter(process=OuterRef("process"), sid=OuterRef("sid"))
+        heartbeat = LiveProcess.objects.filter(process=OuterRef("process")).values("last_seen")[:1]
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(disconnect_pending=Exists(requests), process_last_seen=Subquery(heartbeat))
+        )
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -114,26 +150,41 @@ class LiveConnectionAdmin(admin.ModelAdmin):
 
     @admin.action(description="Disconnect selected clients", permissions=["disconnect"])
     def disconnect_selected(self, request: HttpRequest, queryset: QuerySet[LiveConnection]) -> None:
-        # The process holding each connection sees the flag at its next publication and disconnects it.
-        count = queryset.update(disconnect_requested=True)
+        # The process holding each connection polls for requests and disconnects it (registry.py).
+        targets = sorted(set(queryset.values_list("process", "sid")))
+        DisconnectRequest.objects.bulk_create(
+            [DisconnectRequest(process=process, sid=sid) for process, sid in targets], ignore_conflicts=True
+        )
         self.message_user(
             request,
-            f"Asked to disconnect {count} client(s); their servers do so within about {conf.registry_seconds:g}s.",
+            f"Asked to disconnect {len(targets)} client(s); "
+            f"their servers do so within about {registry.poll_seconds():g}s.",
             messages.SUCCESS,
         )
 
-    @admin.display(description="subscriptions")
-    def subscribed_to(self, row: LiveConnection) -> str:
+    @admin.display(description="subscribed from")
+    def subscribed_from(self, row: LiveConnection) -> str:
         if not row.subscriptions:
             return "-"
         return ", ".join(f"{a['topic']}/{a['partition']} from {a['offset']}" for a in row.subscriptions)
+
+    @admin.display(description="position and lag (next offset; latest minus next)")
+    def position_and_lag(self, row: LiveConnection) -> str:
+        if not row.partitions:
+            return "-"
+        return "; ".join(
+            f"{p['topic']}/{p['partition']} at {p['position']}, lag {'?' if p['lag'] is None else p['lag']}"
+            for p in row.partitions
+        )
 
     @admin.display(description="filters")
     def filter_object(self, row: LiveConnection) -> str:
         return "-" if row.filters is None else json.dumps(row.filters, ensure_ascii=False, sort_keys=True)
 
-    @admin.display(description="lag (latest minus next offset)")
-    def lag_per_partition(self, row: LiveConnection) -> str:
-        if not row.lag:
-            return "-"
-        return ", ".join(f"{key}: {'?' if lag is None else lag}" for key, lag in row.lag.items())
+    @admin.display(description="process last seen")
+    def process_seen(self, row: LiveConnection) -> Any:
+        return getattr(row, "process_last_seen", None) or "-"
+
+    @admin.display(description="disconnect requested", boolean=True)
+    def disconnect_requested(self, row: LiveConnection) -> bool:
+        return bool(getattr(row, "disconnect_pending", False))

@@ -43,26 +43,49 @@ class WhitelistedTopic(models.Model):
         return self.topic
 
 
+class LiveProcess(models.Model):
+    """A server process that publishes its live connections; its heartbeat says it still runs.
+
+    Times come from the database's clock, so hosts need not agree on theirs. Another process
+    removes this one's rows only once ``expires`` passed without a heartbeat (see registry_store.py).
+    """
+
+    process = models.CharField(max_length=255, unique=True, help_text="host:pid of the server process.")
+    started = models.DateTimeField(help_text="When the process first published.")
+    last_seen = models.DateTimeField(help_text="The process's latest heartbeat.")
+    interval = models.FloatField(help_text="Seconds between its publications (KASOCKI_REGISTRY_SECONDS).")
+    expires = models.DateTimeField(db_index=True, help_text="Counted as stopped if no heartbeat comes by then.")
+    connections = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["process"]
+        verbose_name = "live server process"
+
+    def __str__(self) -> str:
+        return self.process
+
+
 class LiveConnection(models.Model):
     """A socket.io client connected to one of the server processes, as that process last published it.
 
-    Each process keeps its own rows current every KASOCKI_REGISTRY_SECONDS (see registry.py);
-    the admin reads them and may ask for a disconnect.
+    Each process writes only its own rows, when they change (see registry.py); the admin reads
+    them and asks for disconnects through ``DisconnectRequest``.
     """
 
-    process = models.CharField(max_length=255, db_index=True, help_text="host:pid of the server process.")
+    process = models.CharField(max_length=255, help_text="host:pid of the server process.")
     sid = models.CharField("socket.io sid", max_length=64)
     address = models.CharField("client address", max_length=255, blank=True)
     username = models.CharField("user", max_length=150, blank=True)
     subscriptions = models.JSONField(null=True, blank=True, help_text="Assigned partitions and starting offsets.")
     filters = models.JSONField(null=True, blank=True)
     delivered = models.PositiveBigIntegerField(default=0, help_text="Messages sent to the client.")
-    lag = models.JSONField(
-        null=True, blank=True, help_text='Latest offset minus the next offset to read, by "topic/partition".'
+    partitions = models.JSONField(
+        null=True,
+        blank=True,
+        help_text="Per assigned partition: the next offset to read and the lag behind the latest offset.",
     )
     connected_since = models.DateTimeField()
-    last_seen = models.DateTimeField(db_index=True, help_text="When the owning process last published this row.")
-    disconnect_requested = models.BooleanField(default=False)
+    updated = models.DateTimeField(help_text="When its process last wrote a change to this row.")
 
     class Meta:
         ordering = ["-connected_since"]
@@ -71,3 +94,22 @@ class LiveConnection(models.Model):
 
     def __str__(self) -> str:
         return f"{self.address or '?'} ({self.sid}) on {self.process}"
+
+
+class DisconnectRequest(models.Model):
+    """An admin's request that a process disconnect one of its clients.
+
+    Apart from the connection's row, so that the process rewriting its rows never loses one;
+    the process deletes it once the connection is gone.
+    """
+
+    process = models.CharField(max_length=255)
+    sid = models.CharField("socket.io sid", max_length=64)
+    requested = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name = "disconnect request"
+        constraints = [models.UniqueConstraint(fields=["process", "sid"], name="kasocki_disconnect_request_unique")]
+
+    def __str__(self) -> str:
+        return f"disconnect {self.sid} on {self.process}"

@@ -2,11 +2,13 @@
 
 Each server process runs one publisher task, owned by its ``Service`` and started
 at the first connection (daphne sends no lifespan events, so no startup hook).
-Every KASOCKI_REGISTRY_SECONDS it upserts one ``LiveConnection`` row per
-connection, deletes its rows for connections that left, deletes the rows of
-processes that published nothing for ``DEAD_AFTER`` intervals, and disconnects
-the connections whose row an admin marked. Hosts compare ``last_seen`` times
-written by each other, so their clocks must agree (NTP) to well within an interval.
+Every KASOCKI_REGISTRY_SECONDS it writes a heartbeat and the rows of its connections
+that changed, and removes the rows of processes whose heartbeat stopped for
+``registry_store.dead_after`` (see there for the lock order). In between it
+looks for disconnect requests every ``poll_seconds()``: one cheap read.
+
+A cancelled publisher removes its rows; ``registry_exit`` removes them when the
+process stops without cancelling it.
 """
 
 from __future__ import annotations
@@ -19,15 +21,16 @@ import os
 import socket
 import time
 import weakref
-from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from channels.db import database_sync_to_async
-from django.db import transaction
 
+from . import registry_exit
+from . import registry_store as store
 from .conf import conf
 from .kafka import cluster
-from .models import LiveConnection
 
 if TYPE_CHECKING:
     from .service import Connection, Service
@@ -35,15 +38,19 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 TASK_NAME = "kasocki-registry"
-# A process whose rows were not refreshed for this many intervals is gone: its rows are deleted.
-DEAD_AFTER = 3
-# Upserts refresh these columns; ``disconnect_requested`` belongs to the admin and is never overwritten.
-UPDATE_FIELDS = ["address", "username", "subscriptions", "filters", "delivered", "lag", "last_seen"]
+# Disconnect requests are looked for at least this often, so that one takes effect within seconds.
+POLL_SECONDS = 1.0
 
-Row = dict[str, Any]
+Row = store.Row
+T = TypeVar("T")
 
 _process_ids: weakref.WeakKeyDictionary[Service, str] = weakref.WeakKeyDictionary()
 _numbers = itertools.count()
+
+
+def poll_seconds() -> float:
+    """Seconds between two looks for disconnect requests."""
+    return min(POLL_SECONDS, conf.registry_seconds / 2)
 
 
 def process_id(service: Service) -> str:
@@ -65,6 +72,7 @@ def ensure_started(service: Service) -> None:
             service.background.discard(task)
         elif task.get_loop() is loop and not task.done():
             return
+    registry_exit.install_sigterm_handler()
     # A fresh context: the task serves the whole process, not the connection whose connect started it.
     publisher = Publisher(service, process_id(service))
     task = loop.create_task(publisher.run(), name=TASK_NAME, context=contextvars.Context())
@@ -72,18 +80,19 @@ def ensure_started(service: Service) -> None:
     task.add_done_callback(service.background.discard)
 
 
-def lag_of(connection: Connection, latest: dict[tuple[str, int], int]) -> dict[str, int | None] | None:
-    """Latest offset minus the next offset to read, by ``topic/partition``; None where the latest is unknown."""
+def partitions_of(connection: Connection, latest: dict[tuple[str, int], int]) -> list[dict[str, Any]] | None:
+    """Per assigned partition: the next offset to read and the latest offset minus it (None if unknown)."""
     if connection.assignments is None:
         return None
-    lag: dict[str, int | None] = {}
+    partitions: list[dict[str, Any]] = []
     for assignment in connection.assignments:
         key = (assignment["topic"], assignment["partition"])
         # Partitions added after the subscribe have no position until a record is taken from them.
         position = connection.positions.get(key, assignment["offset"])
         high = latest.get(key)
-        lag[f"{key[0]}/{key[1]}"] = None if high is None else max(high - position, 0)
-    return lag
+        lag = None if high is None else max(high - position, 0)
+        partitions.append({"topic": key[0], "partition": key[1], "position": position, "lag": lag})
+    return partitions
 
 
 def row_of(connection: Connection, latest: dict[tuple[str, int], int]) -> Row:
@@ -96,44 +105,15 @@ def row_of(connection: Connection, latest: dict[tuple[str, int], int]) -> Row:
         "subscriptions": None if assignments is None else [dict(a) for a in assignments],
         "filters": connection.filters,
         "delivered": connection.delivered,
-        "lag": lag_of(connection, latest),
+        "partitions": partitions_of(connection, latest),
         "connected_since": datetime.fromtimestamp(connection.connected_at, UTC),
     }
 
 
-@database_sync_to_async
-def store(process: str, rows: list[Row], replace: bool, dead_after: float) -> set[str]:
-    """Write this process's rows, drop the dead processes' rows; the sids an admin asked to disconnect.
-
-    ``replace`` False means this process has no rows to write and wrote none last time:
-    then nothing is written unless a dead process left rows (an idle process only reads).
-    """
-    now = datetime.now(UTC)
-    requested: set[str] = set()
-    if replace:
-        with transaction.atomic():
-            LiveConnection.objects.bulk_create(
-                [LiveConnection(process=process, last_seen=now, **row) for row in rows],
-                update_conflicts=True,
-                unique_fields=["process", "sid"],
-                update_fields=UPDATE_FIELDS,
-                batch_size=500,
-            )
-            # Every row written above has last_seen == now: older ones are connections that left.
-            LiveConnection.objects.filter(process=process, last_seen__lt=now).delete()
-            flagged = LiveConnection.objects.filter(process=process, disconnect_requested=True)
-            requested = set(flagged.values_list("sid", flat=True))
-    dead = LiveConnection.objects.filter(last_seen__lt=now - timedelta(seconds=dead_after)).exclude(process=process)
-    if dead.exists():
-        processes = sorted(set(dead.values_list("process", flat=True)))
-        count, _ = dead.delete()
-        logger.info("registry: removed %d rows of server processes gone quiet: %s", count, ", ".join(processes))
-    return requested
-
-
-@database_sync_to_async
-def forget(process: str) -> None:
-    LiveConnection.objects.filter(process=process).delete()
+async def in_thread(func: Callable[..., T], *args: Any) -> T:
+    """Run a ``registry_store`` function in the database thread."""
+    result: T = await database_sync_to_async(func)(*args)
+    return result
 
 
 class Publisher:
@@ -144,18 +124,23 @@ class Publisher:
         self.process = process
         self._latest: dict[tuple[str, int], int] = {}  # latest offsets found by the last watermark lookup
         self._lookup: asyncio.Task[dict[tuple[str, int], tuple[int, int]]] | None = None
+        self._written: dict[str, Row] = {}  # the rows in the database, as this publisher last wrote them
+        self._registered = False  # the database holds this process's heartbeat and ``_written``
         self._disconnecting: set[str] = set()
-        self._published = False  # rows of this process may exist
         self._failing = False
 
     async def run(self) -> None:
-        """Publish every KASOCKI_REGISTRY_SECONDS until cancelled; errors are logged and the loop goes on."""
+        """Publish every KASOCKI_REGISTRY_SECONDS and poll in between until cancelled; errors are logged."""
         logger.info("registry: publishing the live connections of %s", self.process)
+        next_publish = 0.0
         try:
             while True:
                 started = time.monotonic()
+                publishing = started >= next_publish
+                if publishing:
+                    next_publish = started + conf.registry_seconds
                 try:
-                    await self.publish()
+                    await (self.publish() if publishing else self.poll())
                 except Exception:
                     if not self._failing:
                         logger.exception("registry %s: publishing the live connections failed", self.process)
@@ -164,28 +149,48 @@ class Publisher:
                     if self._failing:
                         logger.info("registry %s: publishing works again", self.process)
                     self._failing = False
-                interval = conf.registry_seconds
-                await asyncio.sleep(max(interval - (time.monotonic() - started), interval / 10))
+                pause = poll_seconds()
+                await asyncio.sleep(max(pause - (time.monotonic() - started), pause / 10))
         finally:
             await self._stop()
 
     async def publish(self) -> None:
-        """One round: refresh latest offsets, write the rows, disconnect the clients an admin marked."""
+        """One round: refresh latest offsets, heartbeat, write what changed, reap, disconnect as asked."""
+        if store.EXITING.is_set():
+            return
         interval = conf.registry_seconds
         assigned = {
             (a["topic"], a["partition"]) for c in self.service.connections.values() for a in c.assignments or ()
         }
-        await self._refresh_latest(assigned, interval / 2)
+        await self._refresh_latest(assigned, poll_seconds() / 2)
         # Taken after the wait: connections that left meanwhile get no row.
-        connections = [c for c in self.service.connections.values() if not c.closed]
-        rows = [row_of(c, self._latest) for c in connections]
-        requested = await store(self.process, rows, bool(rows) or self._published, interval * DEAD_AFTER)
-        self._published = bool(rows)
-        self._disconnecting &= {c.sid for c in connections}
-        for connection in connections:
-            if connection.sid in requested and connection.sid not in self._disconnecting and not connection.closed:
-                self._disconnecting.add(connection.sid)
-                logger.info("sid %s: disconnecting at an admin's request", connection.sid)
+        rows = {c.sid: row_of(c, self._latest) for c in self.service.connections.values() if not c.closed}
+        changed = {sid for sid, row in rows.items() if self._written.get(sid) != row}
+        gone = self._written.keys() - rows.keys()
+        registry_exit.may_have_rows(self.process)
+        try:
+            requested = await in_thread(store.publish, self.process, interval, rows, changed, gone, self._registered)
+        except store.Exiting:
+            return
+        except BaseException:
+            self._registered = False  # the database may hold either state: rewrite it all next time
+            raise
+        self._written, self._registered = rows, True
+        self._disconnect(requested)
+        await in_thread(store.reap, self.process)
+
+    async def poll(self) -> None:
+        """Disconnect the clients an admin marked since the last look."""
+        if self._registered and self.service.connections and not store.EXITING.is_set():
+            self._disconnect(await in_thread(store.requested, self.process))
+
+    def _disconnect(self, requested: set[str]) -> None:
+        self._disconnecting &= self.service.connections.keys()
+        for sid in requested - self._disconnecting:
+            connection = self.service.connections.get(sid)
+            if connection is not None and not connection.closed:
+                self._disconnecting.add(sid)
+                logger.info("sid %s: disconnecting at an admin's request", sid)
                 connection.spawn(connection.outbound.disconnect())
 
     async def _refresh_latest(self, partitions: set[tuple[str, int]], wait: float) -> None:
@@ -212,8 +217,10 @@ class Publisher:
             self._lookup.cancel()
             await asyncio.gather(self._lookup, return_exceptions=True)
             self._lookup = None
-        if self._published:
+        if registry_exit.has_rows(self.process):
             try:
-                await asyncio.wait_for(forget(self.process), conf.registry_seconds)
-            except Exception as exc:
+                await asyncio.wait_for(in_thread(store.forget, self.process), conf.registry_seconds + 5)
+            except Exception as exc:  # left to the exit hook, or to expire
                 logger.warning("registry %s: removing its rows failed: %s", self.process, exc)
+            else:
+                registry_exit.forgotten(self.process)

@@ -5,16 +5,18 @@ from __future__ import annotations
 import asyncio
 import html
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 from typing import Any, TypeVar
 
 import pytest
+from asgiref.sync import sync_to_async
 from django.contrib.admin import helpers
+from django.db import connections
 from django.utils import timezone
 
 from kasocki_app import registry
-from kasocki_app.models import LiveConnection
+from kasocki_app.models import DisconnectRequest, LiveConnection, LiveProcess
 from tests.e2e import server_service, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -26,6 +28,13 @@ T = TypeVar("T")
 @pytest.fixture(autouse=True)
 def fast_registry(settings: Any) -> None:
     settings.KASOCKI_REGISTRY_SECONDS = 0.2
+
+
+@pytest.fixture(autouse=True)
+async def close_connections() -> AsyncIterator[None]:
+    """Close the database connection of the thread the async ORM and the admin client used here."""
+    yield
+    await sync_to_async(connections.close_all)()
 
 
 async def eventually(query: Callable[[], Awaitable[T]], what: str, timeout: float = 10) -> T:
@@ -43,16 +52,26 @@ async def row_of(sid: str) -> LiveConnection | None:
 
 
 async def changelist(admin_client: Any, **params: str) -> str:
-    response = await asyncio.to_thread(admin_client.get, CHANGELIST, params)
+    response = await sync_to_async(admin_client.get)(CHANGELIST, params)
     assert response.status_code == 200
     return html.unescape(response.content.decode())
 
 
-def fake_row(process: str, sid: str, last_seen: timedelta, **fields: Any) -> LiveConnection:
+def fake_process(process: str, last_seen: timedelta, expires: timedelta) -> LiveProcess:
+    """Another server process's heartbeat, ``last_seen`` and ``expires`` relative to now."""
     now = timezone.now()
-    return LiveConnection(
-        process=process, sid=sid, connected_since=now - timedelta(hours=1), last_seen=now + last_seen, **fields
+    return LiveProcess(
+        process=process,
+        started=now - timedelta(hours=1),
+        last_seen=now + last_seen,
+        interval=2.0,
+        expires=now + expires,
     )
+
+
+def fake_row(process: str, sid: str, **fields: Any) -> LiveConnection:
+    now = timezone.now()
+    return LiveConnection(process=process, sid=sid, connected_since=now - timedelta(hours=1), updated=now, **fields)
 
 
 async def test_subscribed_client_is_listed_with_its_state(kafka, make_topic, allow, connect, admin_client):
@@ -65,24 +84,28 @@ async def test_subscribed_client_is_listed_with_its_state(kafka, make_topic, all
     assert [(await client.ok("consume"))["i"] for _ in range(2)] == [0, 1]
     sid = client.sio.get_sid("/")
 
+    expected = [{"topic": topic, "partition": 0, "position": 2, "lag": 3}]
+
     async def published() -> LiveConnection | None:
         row = await row_of(sid)
-        return row if row is not None and row.delivered == 2 and row.lag == {f"{topic}/0": 3} else None
+        return row if row is not None and row.delivered == 2 and row.partitions == expected else None
 
-    row = await eventually(published, "the connection's row with its lag")
+    row = await eventually(published, "the connection's row with its position and lag")
     assert row.address == "127.0.0.1" and row.username == ""
     assert row.subscriptions == [{"topic": topic, "partition": 0, "offset": 0}]
-    assert row.filters == {"kind": "edit"} and not row.disconnect_requested
+    assert row.filters == {"kind": "edit"}
     page = await changelist(admin_client)
     assert ">127.0.0.1</a>" in page  # the address links to the (read-only) detail page
-    assert f"{topic}/0 from 0" in page
+    assert f"{topic}/0 at 2, lag 3" in page  # the current position, not where the subscription started
     assert '{"kind": "edit"}' in page
     assert '<td class="field-delivered">2</td>' in page
-    assert f"{topic}/0: 3" in page
     assert sid in page
+    detail = await sync_to_async(admin_client.get)(f"{CHANGELIST}{row.pk}/change/")
+    assert f"{topic}/0 from 0" in html.unescape(detail.content.decode())  # the starting offsets are kept there
 
 
-async def test_disconnect_action_disconnects_the_client_and_drops_its_row(connect, admin_client):
+async def test_disconnect_action_disconnects_the_client_and_drops_its_row(connect, admin_client, settings):
+    settings.KASOCKI_REGISTRY_SECONDS = 2.0  # the default: publishing is slow, the poll for requests is not
     leaving, staying = await connect(), await connect()
     gone = asyncio.Event()
     leaving.sio.on("disconnect", lambda *args: gone.set())
@@ -91,10 +114,14 @@ async def test_disconnect_action_disconnects_the_client_and_drops_its_row(connec
     await eventually(lambda: row_of(other), "the other client's row")
 
     data = {"action": "disconnect_selected", helpers.ACTION_CHECKBOX_NAME: [row.pk], "index": 0}
-    response = await asyncio.to_thread(admin_client.post, CHANGELIST, data, follow=True)
+    asked = time.monotonic()
+    response = await sync_to_async(admin_client.post)(CHANGELIST, data, follow=True)
     assert response.status_code == 200 and "Asked to disconnect 1 client(s)" in response.content.decode()
 
     await asyncio.wait_for(gone.wait(), 10)
+    latency = time.monotonic() - asked
+    print(f"disconnect latency through the admin: {latency:.2f}s")
+    assert latency <= 5, f"the disconnect took {latency:.2f}s"
     await wait_until(lambda: sid not in server_service().connections, what="the server to close the connection")
 
     async def row_gone() -> bool:
@@ -102,19 +129,26 @@ async def test_disconnect_action_disconnects_the_client_and_drops_its_row(connec
 
     await eventually(row_gone, "the disconnected client's row to go")
     assert staying.sio.connected and other in server_service().connections
-    assert not (await row_of(other)).disconnect_requested
+    assert not await DisconnectRequest.objects.aexists()  # done with, and none for the other client
 
 
-async def test_rows_of_a_process_that_stopped_publishing_are_removed(connect):
-    await fake_row("gone-host:1", "quiet", -timedelta(minutes=1)).asave()
-    await fake_row("busy-host:2", "fresh", timedelta(minutes=1)).asave()
+async def test_rows_of_a_process_whose_heartbeat_expired_are_removed(connect):
+    await fake_process("gone-host:1", -timedelta(minutes=2), -timedelta(seconds=1)).asave()
+    await fake_row("gone-host:1", "quiet").asave()
+    await DisconnectRequest.objects.acreate(process="gone-host:1", sid="quiet")
+    # Silent for 25s, far beyond a few intervals, but not yet past its expiry: a slow process, not a dead one.
+    await fake_process("slow-host:2", -timedelta(seconds=25), timedelta(seconds=5)).asave()
+    await fake_row("slow-host:2", "slow").asave()
     await connect()  # this process publishes (and sweeps) once a client has connected
 
     async def quiet_gone() -> bool:
-        return not await LiveConnection.objects.filter(process="gone-host:1").aexists()
+        return not await LiveProcess.objects.filter(process="gone-host:1").aexists()
 
-    await eventually(quiet_gone, "the quiet process's rows to go")
-    assert await LiveConnection.objects.filter(process="busy-host:2").aexists()
+    await eventually(quiet_gone, "the quiet process to go")
+    assert not await LiveConnection.objects.filter(process="gone-host:1").aexists()
+    assert not await DisconnectRequest.objects.filter(process="gone-host:1").aexists()
+    assert await LiveConnection.objects.filter(process="slow-host:2").aexists()
+    assert await LiveProcess.objects.filter(process="slow-host:2").aexists()
 
 
 async def test_shutdown_stops_the_publisher_and_removes_its_rows(connect):
@@ -126,6 +160,7 @@ async def test_shutdown_stops_the_publisher_and_removes_its_rows(connect):
     await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(service.shutdown(), task.get_loop()))
     assert task.cancelled() and task not in service.background
     assert not await LiveConnection.objects.aexists()
+    assert not await LiveProcess.objects.aexists()
 
     second = await connect()  # the next connection starts a new publisher
     await eventually(lambda: row_of(second.sio.get_sid("/")), "the new client's row")
@@ -134,8 +169,10 @@ async def test_shutdown_stops_the_publisher_and_removes_its_rows(connect):
 
 def test_admin_is_read_only_with_search_and_process_filter(admin_client):
     # Another host's rows, recently seen: the live server's registry leaves them alone.
-    fake_row("web-1:42", "a", timedelta(minutes=1), address="10.1.1.1", username="ada").save()
-    fake_row("web-2:43", "b", timedelta(minutes=1), address="10.2.2.2").save()
+    for process in ("web-1:42", "web-2:43"):
+        fake_process(process, timedelta(0), timedelta(minutes=1)).save()
+    fake_row("web-1:42", "a", address="10.1.1.1", username="ada").save()
+    fake_row("web-2:43", "b", address="10.2.2.2").save()
     row = LiveConnection.objects.get(sid="a")
 
     page = admin_client.get(CHANGELIST, {"q": "ada"}).content.decode()
