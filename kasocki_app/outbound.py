@@ -26,6 +26,7 @@ import socketio
 from engineio import packet as eio_packet
 
 from . import jsonshim, metrics
+from .polling import carried_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -229,6 +230,7 @@ class Outbound:
             for pkt in list(queue._queue):  # asyncio.Queue keeps its items in a deque
                 if pkt is not None and isinstance(pkt.data, str):
                     total += len(pkt.data)
+        total += carried_bytes(socket)
         transport = _transports.get(self.eio_sid)
         if transport is not None:
             try:

@@ -12,6 +12,7 @@ from . import jsonshim, logs, metrics
 from .conf import conf
 from .namespace import KasockiNamespace
 from .outbound import BacklogMeteredApp
+from .polling import EngineServer
 from .service import Service
 
 
@@ -40,6 +41,9 @@ def apply_settings() -> None:
 
 class KasockiServer(socketio.AsyncServer):
     """python-socketio's server, refusing malformed client packets without a traceback."""
+
+    def _engineio_server_class(self) -> type[EngineServer]:
+        return EngineServer
 
     async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
         try:
