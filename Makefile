@@ -13,6 +13,7 @@ run: $(STAMP)
 
 test: $(STAMP) node_modules/.installed
 	$(PY) scripts/ensure_chromium.py
+	$(PY) scripts/ensure_deploy_packages.py
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest

@@ -70,9 +70,14 @@ TEMPLATES = [
 
 ASGI_APPLICATION = "kasocki_project.asgi.application"
 
+# The service's own queries (whitelist, live connections) run on one thread per process and
+# reuse its connection for DATABASE_CONN_MAX_AGE seconds; 0 closes it after every use.
 DATABASES = {
     "default": dj_database_url.config(
-        env="DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}", conn_max_age=0
+        env="DATABASE_URL",
+        default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}",
+        conn_max_age=int(os.environ.get("DATABASE_CONN_MAX_AGE", "60")),
+        conn_health_checks=True,
     )
 }
 
@@ -89,13 +94,17 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / "staticfiles"
+STATIC_ROOT = Path(os.environ.get("DJANGO_STATIC_ROOT", BASE_DIR / "staticfiles"))
 # The viewer page loads the official socket.io client, installed from npm by `npm ci`.
 STATICFILES_DIRS = [("vendor/socket.io-client", BASE_DIR / "node_modules" / "socket.io-client" / "dist")]
 # Serve static files from the app server itself (runserver, daphne or uvicorn): for development.
 # Production turns this off, runs collectstatic and serves STATIC_ROOT from a web server or CDN.
 SERVE_STATIC = env_bool("DJANGO_SERVE_STATIC", DEBUG)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+# Behind a TLS-terminating proxy that always sets X-Forwarded-Proto (and with the port reachable
+# only from it): requests it marks https are secure, which the admin's CSRF origin check needs.
+if env_bool("DJANGO_SECURE_PROXY_SSL_HEADER", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
 # --- Kasocki -----------------------------------------------------------------
 KAFKA_BOOTSTRAP_SERVERS = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
