@@ -8,7 +8,7 @@ from typing import Any
 
 import socketio
 
-from . import jsonshim, logs, metrics
+from . import collector, jsonshim, logs
 from .conf import conf
 from .namespace import KasockiNamespace
 from .outbound import BacklogMeteredApp
@@ -38,7 +38,7 @@ def apply_settings() -> None:
         sio.eio.max_http_buffer_size = conf.max_payload_bytes
 
 
-class KasockiServer(socketio.AsyncServer):
+class KasockiServer(socketio.AsyncServer):  # type: ignore[misc]  # python-socketio ships no type information
     """python-socketio's server, refusing malformed client packets without a traceback."""
 
     async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
@@ -60,7 +60,7 @@ def build_server(service: Service | None = None) -> socketio.AsyncServer:
     )
     service = service or Service()
     sio.register_namespace(KasockiNamespace(service))
-    metrics.register(service)
+    collector.register(service)
     _servers.add(sio)
     return sio
 
