@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import ast
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+
+from kasocki_app import metrics
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -88,3 +92,13 @@ def test_metrics_judge_the_client_behind_a_trusted_proxy(asgi_server, settings, 
     except urllib.error.HTTPError as refused:
         code = refused.code
     assert code == status
+
+
+def test_metrics_module_imports_nothing_of_the_app():
+    imported: list[str] = []
+    for node in ast.walk(ast.parse(Path(metrics.__file__).read_text())):
+        if isinstance(node, ast.ImportFrom):
+            imported.append("." * node.level + (node.module or ""))
+        elif isinstance(node, ast.Import):
+            imported.extend(alias.name for alias in node.names)
+    assert imported == ["__future__", "prometheus_client"]
