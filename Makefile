@@ -16,7 +16,7 @@ test: $(STAMP) node_modules/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
-	$(PY) -m pytest
+	$(PY) -m pytest --cov
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -52,4 +52,4 @@ node_modules/.installed: package.json package-lock.json
 	touch node_modules/.installed
 
 clean:
-	rm -rf $(VENV) node_modules .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) node_modules .pytest_cache .ruff_cache .mypy_cache .coverage
