@@ -174,6 +174,7 @@ class KasockiClient:
                 wait_timeout=timeout,
             )
         except socketio.exceptions.ConnectionError as exc:
+            await self.sio.eio.disconnect()  # engine.io keeps its aiohttp session open after a refused connect
             raise KasockiClientError({"message": str(exc), **(self._refusal or {"name": "ConnectionError"})}) from exc
         finally:
             self._connecting = False

@@ -664,7 +664,8 @@ def request(
         with urllib.request.urlopen(req, timeout=timeout) as response:
             return response.status, response.read()
     except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
+        with exc:  # the error holds the response's connection
+            return exc.code, exc.read()
 
 
 POST_JUNK = (

@@ -39,7 +39,8 @@ def http_status(url: str) -> int:
         with urllib.request.urlopen(url, timeout=10) as response:
             return response.status
     except urllib.error.HTTPError as exc:
-        return exc.code
+        with exc:  # the error holds the response's connection
+            return exc.code
 
 
 class DedicatedBroker:
