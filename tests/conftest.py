@@ -30,8 +30,8 @@ def kafka() -> Iterator[KafkaTopics]:
 
     bootstrap, stop = start_or_reuse_broker("pytest")
     try:
-        helper = KafkaTopics(bootstrap)
-        helper.wait_ready()
+        topics = KafkaTopics(bootstrap)
+        topics.wait_ready()
         django_settings.KAFKA_BOOTSTRAP_SERVERS = bootstrap
         django_settings.KASOCKI_KAFKA_CONFIG = {"bootstrap.servers": bootstrap}
         # Every test client connects from 127.0.0.1: per-address limits are lifted for the
@@ -40,7 +40,7 @@ def kafka() -> Iterator[KafkaTopics]:
         django_settings.KASOCKI_MAX_CONNECTION_RATE_PER_IP = 100_000
         conf.reload()  # set directly (session-wide), so no setting_changed signal clears the cache
         cluster.reset()
-        yield helper
+        yield topics
     finally:
         if stop is not None:
             stop()
