@@ -16,11 +16,13 @@ test: $(STAMP) node_modules/.installed
 	$(PY) scripts/ensure_deploy_packages.py
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(PY) -m pytest
+	$(VENV)/bin/mypy
+	$(PY) -m pytest --cov
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
@@ -51,4 +53,4 @@ node_modules/.installed: package.json package-lock.json
 	touch node_modules/.installed
 
 clean:
-	rm -rf $(VENV) node_modules .pytest_cache .ruff_cache
+	rm -rf $(VENV) node_modules .pytest_cache .ruff_cache .mypy_cache .coverage

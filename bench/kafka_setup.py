@@ -2,77 +2,42 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
 import time
 import uuid
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from confluent_kafka import Consumer, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
 
 from bench.data import FILTER_BUCKET, Records
-from tests.kafka_harness import load_broker_script
-
-ROOT = Path(__file__).resolve().parent.parent
+from scripts import kafka_topics
+from scripts.kafka_topics import KafkaTopics
 
 
 def start_or_reuse_broker() -> tuple[str, Callable[[], object] | None]:
     """(bootstrap, stop callable or None when an already running broker is reused)."""
-    return load_broker_script().start_or_reuse(f"bench-{os.getpid()}")
+    return kafka_topics.start_or_reuse_broker("bench")
 
 
 def broker_port(bootstrap: str) -> int:
     return int(bootstrap.split(",")[0].rpartition(":")[2])
 
 
-class Topics:
-    """Creates uniquely named topics on one broker and deletes them at the end."""
+class Topics(KafkaTopics):
+    """Topics named after one benchmark run, all deleted at the end."""
 
     def __init__(self, bootstrap: str, run_id: str | None = None) -> None:
-        self.bootstrap = bootstrap
+        super().__init__(bootstrap)
         self.run_id = run_id or uuid.uuid4().hex[:8]
-        self.admin = AdminClient({"bootstrap.servers": bootstrap})
         self.created: list[str] = []
 
-    def wait_ready(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                self.admin.list_topics(timeout=5)
-                return
-            except Exception:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
-
     def create(self, label: str, partitions: int) -> str:
-        name = f"bench-{self.run_id}-{label}"
-        futures = self.admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])
-        futures[name].result(30)
+        name = self.create_topic(partitions, name=f"bench-{self.run_id}-{label}")
         self.created.append(name)
-        deadline = time.monotonic() + 30
-        while True:
-            topic = self.admin.list_topics(topic=name, timeout=10).topics.get(name)
-            if (
-                topic is not None
-                and topic.error is None
-                and len(topic.partitions) == partitions
-                and all(p.leader >= 0 for p in topic.partitions.values())
-            ):
-                return name
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"topic {name} did not appear")
-            time.sleep(0.05)
+        return name
 
     def delete_all(self) -> None:
-        if not self.created:
-            return
-        for future in self.admin.delete_topics(self.created, operation_timeout=30).values():
-            with contextlib.suppress(Exception):
-                future.result(30)
+        self.delete_topics(self.created)
         self.created.clear()
 
 

@@ -6,6 +6,8 @@ KASOCKI_KAFKA_CONFIG, which the server's consumers apply over their defaults.
 Used only when that option is given; a normal run uses kasocki_project.settings.
 """
 
+from __future__ import annotations
+
 import json
 import os
 

@@ -13,6 +13,7 @@ from channels.db import database_sync_to_async
 from django.conf import settings
 from django.contrib.auth import aget_user
 from django.contrib.auth.models import AnonymousUser
+from django.http import HttpRequest
 from django.utils.module_loading import import_string
 
 from .conf import conf
@@ -71,12 +72,9 @@ async def principal_for(environ: dict[str, Any], auth: Any) -> Principal:
     morsel = cookies.get(settings.SESSION_COOKIE_NAME)
     if morsel is None or not morsel.value:
         return ANONYMOUS
-    engine = import_module(settings.SESSION_ENGINE)
-
-    class SessionRequest:  # the part of a request that aget_user reads
-        session = engine.SessionStore(morsel.value)
-
-    user = await aget_user(SessionRequest())
+    request = HttpRequest()  # aget_user reads only its session
+    request.session = import_module(settings.SESSION_ENGINE).SessionStore(morsel.value)
+    user = await aget_user(request)
     return await _principal(user)
 
 

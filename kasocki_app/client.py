@@ -75,7 +75,7 @@ class _Call:
     stream_call: int  # start() and stop() calls so far
 
 
-class _Engine(engineio.AsyncClient):
+class _Engine(engineio.AsyncClient):  # type: ignore[misc]  # python-engineio ships no type information
     """engine.io client: the read loop waits in ``gate`` before message packets; ``on_reset`` ends a close."""
 
     gate: Callable[[], Awaitable[None]] | None = None
@@ -88,13 +88,14 @@ class _Engine(engineio.AsyncClient):
 
     async def _receive_packet(self, pkt: Any) -> None:
         if pkt.packet_type != eio_packet.MESSAGE or self.gate is None:
-            return await super()._receive_packet(pkt)
+            await super()._receive_packet(pkt)
+            return
         await self.gate()
         await super()._receive_packet(pkt)
         await asyncio.sleep(0)  # the packet's handler task runs before the next packet is read
 
 
-class _SocketIO(socketio.AsyncClient):
+class _SocketIO(socketio.AsyncClient):  # type: ignore[misc]  # python-socketio ships no type information
     def _engineio_client_class(self) -> type[engineio.AsyncClient]:
         return _Engine
 
@@ -173,6 +174,7 @@ class KasockiClient:
                 wait_timeout=timeout,
             )
         except socketio.exceptions.ConnectionError as exc:
+            await self.sio.eio.disconnect()  # engine.io keeps its aiohttp session open after a refused connect
             raise KasockiClientError({"message": str(exc), **(self._refusal or {"name": "ConnectionError"})}) from exc
         finally:
             self._connecting = False
@@ -182,15 +184,20 @@ class KasockiClient:
         """Subscribe (once): a topic, an assignment or a list of them; returns the effective assignments."""
         if isinstance(assignments, tuple):  # socket.io would send it as several arguments
             assignments = list(assignments)
-        return await self._call("subscribe", assignments)
+        effective: list[dict[str, Any]] = await self._call("subscribe", assignments)
+        return effective
 
     async def filter(self, filters: dict[str, Any] | None) -> dict[str, Any] | None:
         """Set (a dict) or clear (None) the server-side filter; returns the filter in force."""
-        return await self._call("filter", filters)
+        in_force: dict[str, Any] | None = await self._call("filter", filters)
+        return in_force
 
     async def consume(self) -> dict[str, Any]:
         """The next message that passes the filter (waits for one)."""
-        return self._spare.popleft() if self._spare else await self._call("consume", None)
+        if self._spare:
+            return self._spare.popleft()
+        message: dict[str, Any] = await self._call("consume", None)
+        return message
 
     async def start(self, batch: int | None = None) -> None:
         """Stream into messages(); the server sends batches of up to ``batch`` messages if given."""
@@ -211,7 +218,7 @@ class KasockiClient:
         return self
 
     async def __anext__(self) -> dict[str, Any]:
-        item = await self._queue.get()
+        item: dict[str, Any] = await self._queue.get()
         self._wake.set()
         if item is _END:
             self._queue.put_nowait(_END)  # for the other iterations

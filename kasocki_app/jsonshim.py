@@ -31,7 +31,7 @@ def loads(text: str | bytes, **kwargs: Any) -> Any:
             raise ValueError("JSON nested too deeply") from None
 
 
-class JsonPacket(packet.Packet):
+class JsonPacket(packet.Packet):  # type: ignore[misc]  # python-socketio ships no type information
     """socket.io packets whose outgoing data is never binary.
 
     Everything Kasocki sends is decoded JSON or its own dicts, never bytes, so the

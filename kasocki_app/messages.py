@@ -40,9 +40,8 @@ def decode_value(value: bytes | None) -> dict[str, Any]:
 def kafka_meta(message: Message) -> dict[str, Any]:
     """Where a record came from: the ``_kafka`` field of every delivered message."""
     kind, timestamp = message.timestamp()
-    key = message.key()
-    if key is not None:
-        key = key.decode("utf-8", errors="replace")
+    raw_key = message.key()
+    key = None if raw_key is None else raw_key.decode("utf-8", errors="replace")
     return {
         "topic": message.topic(),
         "partition": message.partition(),

@@ -24,7 +24,7 @@ LIFECYCLE_EVENTS = frozenset({"connect", "disconnect"})
 Ack = tuple[dict[str, Any] | None, Any]
 
 
-class KasockiNamespace(socketio.AsyncNamespace):
+class KasockiNamespace(socketio.AsyncNamespace):  # type: ignore[misc]  # python-socketio ships no type information
     """The Kasocki protocol on one socket.io namespace; per-client state lives in ``service``."""
 
     def __init__(self, service: Service, namespace: str = "/") -> None:
@@ -71,19 +71,19 @@ class KasockiNamespace(socketio.AsyncNamespace):
             logs.bind(sid, connection.address)
         await self.service.close(sid)
 
-    async def on_subscribe(self, sid: str, *args: Any) -> Ack:
+    async def on_subscribe(self, sid: str, *args: Any) -> Ack | None:
         return await self._handle(sid, "subscribe", lambda c: c.subscribe(_one_arg("subscribe", args)))
 
-    async def on_filter(self, sid: str, *args: Any) -> Ack:
+    async def on_filter(self, sid: str, *args: Any) -> Ack | None:
         return await self._handle(sid, "filter", lambda c: c.set_filter(_one_arg("filter", args)))
 
-    async def on_consume(self, sid: str, *args: Any) -> Ack:
+    async def on_consume(self, sid: str, *args: Any) -> Ack | None:
         return await self._handle(sid, "consume", lambda c: c.consume())
 
-    async def on_start(self, sid: str, *args: Any) -> Ack:
+    async def on_start(self, sid: str, *args: Any) -> Ack | None:
         return await self._handle(sid, "start", lambda c: c.start(_one_arg("start", args)))
 
-    async def on_stop(self, sid: str, *args: Any) -> Ack:
+    async def on_stop(self, sid: str, *args: Any) -> Ack | None:
         return await self._handle(sid, "stop", lambda c: c.stop())
 
     async def _handle(self, sid: str, event: str, action: Callable[[Connection], Any]) -> Ack | None:

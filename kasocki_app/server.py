@@ -8,7 +8,7 @@ from typing import Any
 
 import socketio
 
-from . import jsonshim, logs, metrics
+from . import collector, jsonshim, logs
 from .conf import conf
 from .namespace import KasockiNamespace
 from .outbound import BacklogMeteredApp
@@ -39,7 +39,7 @@ def apply_settings() -> None:
         sio.eio.max_http_buffer_size = conf.max_payload_bytes
 
 
-class KasockiServer(socketio.AsyncServer):
+class KasockiServer(socketio.AsyncServer):  # type: ignore[misc]  # python-socketio ships no type information
     """python-socketio's server, refusing malformed client packets without a traceback."""
 
     def _engineio_server_class(self) -> type[EngineServer]:
@@ -64,7 +64,7 @@ def build_server(service: Service | None = None) -> socketio.AsyncServer:
     )
     service = service or Service()
     sio.register_namespace(KasockiNamespace(service))
-    metrics.register(service)
+    collector.register(service)
     _servers.add(sio)
     return sio
 

@@ -1,5 +1,7 @@
 """Routes the app adds to a project: health checks (and the viewer page)."""
 
+from __future__ import annotations
+
 from django.urls import path
 
 from . import views

@@ -4,6 +4,8 @@ Serve with `manage.py runserver`, `daphne kasocki_project.asgi:application` or
 `uvicorn kasocki_project.asgi:application`.
 """
 
+from __future__ import annotations
+
 import os
 
 from django.core.asgi import get_asgi_application

@@ -1,26 +1,28 @@
 """URL routes of the Kasocki project: the admin, the app's pages and, in development, static files."""
 
+from __future__ import annotations
+
 import re
 
 from django.conf import settings
 from django.contrib import admin
 from django.contrib.staticfiles.views import serve
-from django.http import HttpRequest, HttpResponse
-from django.urls import include, path, re_path
+from django.http import FileResponse, HttpRequest, HttpResponse, HttpResponseBase
+from django.urls import URLPattern, URLResolver, include, path, re_path
 
-urlpatterns = [
+urlpatterns: list[URLPattern | URLResolver] = [
     path("admin/", admin.site.urls),
     path("", include("kasocki_app.urls")),
 ]
 
 
-def serve_static(request: HttpRequest, path: str) -> HttpResponse:
+def serve_static(request: HttpRequest, path: str) -> HttpResponseBase:
     """A file found by the staticfiles finders, read whole (ASGI servers warn about sync file streams)."""
     response = serve(request, path, insecure=True)
-    if not response.streaming:  # 304 Not Modified
+    if not isinstance(response, FileResponse):  # 304 Not Modified
         return response
     try:
-        return HttpResponse(b"".join(response.streaming_content), status=response.status_code, headers=response.headers)
+        return HttpResponse(response.getvalue(), status=response.status_code, headers=response.headers)
     finally:
         response.close()
 

@@ -322,6 +322,11 @@ def java_command(java: str, libs: Path, data_dir: str) -> list[str]:
     ]
 
 
+# Brokers this process started, by name: the broker outlives the call that started it, so its Popen
+# is kept here (a Popen collected while its process runs warns), and stop() reaps it.
+_children: dict[str, subprocess.Popen[bytes]] = {}
+
+
 def launch(name: str, port: int, data_dir: str, java_cmd: list[str], restart: bool) -> Broker:
     """Run the broker over a formatted ``data_dir`` and wait until it answers on ``port``."""
     log = open(Path(data_dir) / "broker.log", "ab")  # noqa: SIM115 - handed to the child
@@ -333,6 +338,7 @@ def launch(name: str, port: int, data_dir: str, java_cmd: list[str], restart: bo
         start_new_session=True,
     )
     log.close()
+    _children[name] = proc
     broker = Broker(name=name, pid=proc.pid, port=port, data_dir=data_dir)
     state_file(name).parent.mkdir(parents=True, exist_ok=True)
     state_file(name).write_text(json.dumps(asdict(broker)))
@@ -365,8 +371,12 @@ def stop(name: str = "default", keep_data: bool = False) -> bool:
                 os.kill(broker.pid, signal.SIGKILL)
                 while alive(broker.pid) and time.monotonic() < deadline + STOP_TIMEOUT:
                     time.sleep(0.05)
-            with contextlib.suppress(ChildProcessError):  # reap it when it is our own child
+            with contextlib.suppress(ChildProcessError):  # reap it when it is a child of ours
                 os.waitpid(broker.pid, os.WNOHANG)
+        child = _children.pop(name, None)
+        if child is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.wait(STOP_TIMEOUT)
         path.unlink(missing_ok=True)
     else:
         kept = load_kept(name)

@@ -33,9 +33,13 @@ class RecordingClient:
         auth: Any = None,
         headers: dict[str, str] | None = None,
     ) -> RecordingClient:
-        await self.sio.connect(
-            url, transports=transports or ["websocket"], auth=auth, headers=headers or {}, wait_timeout=10
-        )
+        try:
+            await self.sio.connect(
+                url, transports=transports or ["websocket"], auth=auth, headers=headers or {}, wait_timeout=10
+            )
+        except socketio.exceptions.ConnectionError:
+            await self.sio.eio.disconnect()  # engine.io keeps its aiohttp session open after a refused connect
+            raise
         return self
 
     async def next(self, event: str, timeout: float = 10) -> Any:

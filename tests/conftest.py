@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from django.conf import settings as django_settings
 
+from scripts.kafka_topics import KafkaTopics, start_or_reuse_broker
 from tests.clients import RecordingClient
-from tests.kafka_harness import KafkaForTests, start_or_reuse_broker
 from tests.live_server import LiveServer
 
 
@@ -23,15 +23,15 @@ def django_db_modify_db_settings(tmp_path_factory: pytest.TempPathFactory) -> No
 
 
 @pytest.fixture(scope="session")
-def kafka() -> Iterator[KafkaForTests]:
+def kafka() -> Iterator[KafkaTopics]:
     """The session's broker, with helpers to create topics and produce records."""
     from kasocki_app.conf import conf
     from kasocki_app.kafka import cluster
 
-    bootstrap, stop = start_or_reuse_broker()
+    bootstrap, stop = start_or_reuse_broker("pytest")
     try:
-        helper = KafkaForTests(bootstrap)
-        helper.wait_ready()
+        topics = KafkaTopics(bootstrap)
+        topics.wait_ready()
         django_settings.KAFKA_BOOTSTRAP_SERVERS = bootstrap
         django_settings.KASOCKI_KAFKA_CONFIG = {"bootstrap.servers": bootstrap}
         # Every test client connects from 127.0.0.1: per-address limits are lifted for the
@@ -40,14 +40,14 @@ def kafka() -> Iterator[KafkaForTests]:
         django_settings.KASOCKI_MAX_CONNECTION_RATE_PER_IP = 100_000
         conf.reload()  # set directly (session-wide), so no setting_changed signal clears the cache
         cluster.reset()
-        yield helper
+        yield topics
     finally:
         if stop is not None:
             stop()
 
 
 @pytest.fixture
-def make_topic(kafka: KafkaForTests) -> Iterator[Callable[..., str]]:
+def make_topic(kafka: KafkaTopics) -> Iterator[Callable[..., str]]:
     """Create uniquely named topics (deleted after the test)."""
     created: list[str] = []
 
@@ -71,7 +71,7 @@ def allow(settings: Any) -> Callable[..., None]:
 
 
 @pytest.fixture(scope="session")
-def asgi_server(kafka: KafkaForTests, django_db_setup: Any, django_db_blocker: Any) -> Iterator[LiveServer]:
+def asgi_server(kafka: KafkaTopics, django_db_setup: Any, django_db_blocker: Any) -> Iterator[LiveServer]:
     """The project's full ASGI application (Django + socket.io) on a free port."""
     from kasocki_project.asgi import application
 

@@ -23,8 +23,9 @@ from confluent_kafka import Consumer
 
 from kasocki_app import kafka as kasocki_kafka
 from kasocki_app.kafka import ConsumerCounts, cluster
+from scripts import kafka as broker_script
+from scripts.kafka_topics import KafkaTopics
 from tests.e2e import server_service, wait_until
-from tests.kafka_harness import KafkaForTests, load_broker_script
 from tests.live_server import free_port
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -38,14 +39,15 @@ def http_status(url: str) -> int:
         with urllib.request.urlopen(url, timeout=10) as response:
             return response.status
     except urllib.error.HTTPError as exc:
-        return exc.code
+        with exc:  # the error holds the response's connection
+            return exc.code
 
 
 class DedicatedBroker:
     """A broker of this test's own, on a fixed port, that can be stopped and started again with its data."""
 
     def __init__(self) -> None:
-        self.script = load_broker_script()
+        self.script = broker_script
         try:
             self.script.require("java")
         except self.script.BrokerError as exc:
@@ -99,7 +101,7 @@ async def test_stream_survives_a_broker_restart_without_loss_or_duplicates(
 ):
     settings.KASOCKI_KAFKA_CONFIG = {"bootstrap.servers": dedicated_broker.bootstrap}
     settings.KASOCKI_KAFKA_TIMEOUT = 3.0
-    kafka = KafkaForTests(dedicated_broker.bootstrap)
+    kafka = KafkaTopics(dedicated_broker.bootstrap)
     kafka.wait_ready()
     topic = kafka.create_topic()
     allow(topic)

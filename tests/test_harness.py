@@ -15,7 +15,8 @@ def get(url: str) -> tuple[int, dict]:
         with urllib.request.urlopen(url, timeout=10) as response:
             return response.status, orjson.loads(response.read())
     except urllib.error.HTTPError as exc:
-        return exc.code, orjson.loads(exc.read())
+        with exc:  # the error holds the response's connection
+            return exc.code, orjson.loads(exc.read())
 
 
 def test_healthz_answers_ok(asgi_server):

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import ast
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+
+from kasocki_app import metrics
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -57,6 +61,7 @@ def test_metrics_are_refused_outside_the_allowed_networks(asgi_server, settings)
     settings.KASOCKI_METRICS_NETWORKS = ["10.0.0.0/8"]
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(f"{asgi_server.url}/metrics", timeout=10)
+    refused.value.close()  # the error holds the response's connection
     assert refused.value.code == 403
 
 
@@ -64,6 +69,7 @@ def test_metrics_with_a_token(asgi_server, settings):
     settings.KASOCKI_METRICS_TOKEN = "s3cret"
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(f"{asgi_server.url}/metrics", timeout=10)  # from loopback, but no token
+    refused.value.close()
     assert refused.value.code == 403
     request = urllib.request.Request(f"{asgi_server.url}/metrics", headers={"Authorization": "Bearer s3cret"})
     with urllib.request.urlopen(request, timeout=10) as response:
@@ -86,5 +92,16 @@ def test_metrics_judge_the_client_behind_a_trusted_proxy(asgi_server, settings, 
         with urllib.request.urlopen(request, timeout=10) as response:
             code = response.status
     except urllib.error.HTTPError as refused:
-        code = refused.code
+        with refused:
+            code = refused.code
     assert code == status
+
+
+def test_metrics_module_imports_nothing_of_the_app():
+    imported: list[str] = []
+    for node in ast.walk(ast.parse(Path(metrics.__file__).read_text())):
+        if isinstance(node, ast.ImportFrom):
+            imported.append("." * node.level + (node.module or ""))
+        elif isinstance(node, ast.Import):
+            imported.extend(alias.name for alias in node.names)
+    assert imported == ["__future__", "prometheus_client"]

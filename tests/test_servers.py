@@ -36,7 +36,8 @@ def get(url: str) -> int:
         with urllib.request.urlopen(url, timeout=10) as response:
             return response.status
     except urllib.error.HTTPError as exc:
-        return exc.code
+        with exc:  # the error holds the response's connection
+            return exc.code
 
 
 class ServerProcess:
@@ -75,7 +76,8 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(5)
-        self.output = self.process.stdout.read().decode(errors="replace") if self.process.stdout else ""
+        output, _ = self.process.communicate()  # also closes the pipe
+        self.output = output.decode(errors="replace") if output else ""
 
 
 @pytest.fixture(params=sorted(COMMANDS))

@@ -56,8 +56,9 @@ class BrowserDriver:
 
     @staticmethod
     def _pump(stream: IO[str], put: Callable[[str | None], None]) -> None:
-        for line in stream:
-            put(line)
+        with stream:
+            for line in stream:
+                put(line)
         put(None)
 
     def expect(self, event: str, timeout: float = 60) -> None:

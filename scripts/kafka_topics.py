@@ -1,42 +1,52 @@
-"""A real Kafka broker for the tests: reuse KAFKA_BOOTSTRAP_SERVERS when reachable, else start one."""
+"""Topics and records on a real broker, for the tests and the benchmark.
+
+    bootstrap, stop = start_or_reuse_broker("pytest")  # KAFKA_BOOTSTRAP_SERVERS, else a broker of its own
+    kafka = KafkaTopics(bootstrap)
+    kafka.wait_ready()
+    topic = kafka.create_topic(partitions=2)
+    kafka.produce(topic, [{"i": 0}, b"raw bytes"])
+    kafka.delete_topics([topic])
+
+Unlike ``kafka.py`` beside it, this needs the virtualenv (confluent-kafka, orjson).
+"""
 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
-import sys
 import time
 import uuid
-from collections.abc import Iterable
-from pathlib import Path
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import orjson
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-ROOT = Path(__file__).resolve().parent.parent
+from scripts import kafka as broker_script
 
 
-def load_broker_script() -> Any:
-    spec = importlib.util.spec_from_file_location("kasocki_kafka_script", ROOT / "scripts" / "kafka.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+def start_or_reuse_broker(label: str) -> tuple[str, Callable[[], object] | None]:
+    """(bootstrap, stop): KAFKA_BOOTSTRAP_SERVERS when reachable (stop is None), else a new broker named after label."""
+    return broker_script.start_or_reuse(f"{label}-{os.getpid()}")
 
 
-class KafkaForTests:
-    """Topic and record helpers over one broker."""
+class KafkaTopics:
+    """Create, wait for and delete topics, and produce records, on one broker."""
 
     def __init__(self, bootstrap: str) -> None:
         self.bootstrap = bootstrap
         self.admin = AdminClient({"bootstrap.servers": bootstrap})
-        self.producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 1, "acks": "all"})
+        self._producer: Producer | None = None
+
+    @property
+    def producer(self) -> Producer:
+        if self._producer is None:
+            self._producer = Producer({"bootstrap.servers": self.bootstrap, "linger.ms": 1, "acks": "all"})
+        return self._producer
 
     def wait_ready(self, timeout: float = 60) -> None:
+        """Return once the broker answers a metadata request (it may still be starting)."""
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -47,14 +57,16 @@ class KafkaForTests:
                     raise
                 time.sleep(0.2)
 
-    def create_topic(self, partitions: int = 1, prefix: str = "test") -> str:
-        name = f"{prefix}-{uuid.uuid4().hex[:12]}"
+    def create_topic(self, partitions: int = 1, prefix: str = "test", name: str | None = None) -> str:
+        """Create ``name`` (default: ``prefix`` and a unique suffix); returns once every partition has a leader."""
+        name = name or f"{prefix}-{uuid.uuid4().hex[:12]}"
         futures = self.admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])
         futures[name].result(30)
         self.wait_for_topic(name, partitions)
         return name
 
     def wait_for_topic(self, name: str, partitions: int, timeout: float = 30) -> None:
+        """Wait until the metadata shows ``name`` with ``partitions`` partitions, each with a leader."""
         deadline = time.monotonic() + timeout
         while True:
             topic = self.admin.list_topics(topic=name, timeout=10).topics.get(name)
@@ -109,8 +121,3 @@ class KafkaForTests:
         remaining = self.producer.flush(30)
         assert remaining == 0 and not errors, f"produce failed: {errors}"
         return delivered
-
-
-def start_or_reuse_broker() -> tuple[str, Any]:
-    """(bootstrap, stop callable or None)."""
-    return load_broker_script().start_or_reuse(f"pytest-{os.getpid()}")
