@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import KafkaException
 from django.contrib import admin, messages
@@ -25,8 +25,15 @@ _facts: contextvars.ContextVar[dict[str, list[tuple[int, int]]] | None] = contex
 )
 
 
+# ModelAdmin is generic for type checkers only (django-stubs); at run time it takes no parameters.
+if TYPE_CHECKING:
+    _ModelAdmin = admin.ModelAdmin[Any]
+else:
+    _ModelAdmin = admin.ModelAdmin
+
+
 @admin.register(WhitelistedTopic)
-class WhitelistedTopicAdmin(admin.ModelAdmin):
+class WhitelistedTopicAdmin(_ModelAdmin):
     list_display = ("topic", "enabled", "access", "description", "partitions", "offsets", "updated")
     list_filter = ("enabled", "access")
     filter_horizontal = ("groups",)
@@ -92,7 +99,7 @@ class DisconnectRequestedFilter(admin.SimpleListFilter):
 
 
 @admin.register(LiveConnection)
-class LiveConnectionAdmin(admin.ModelAdmin):
+class LiveConnectionAdmin(_ModelAdmin):
     """The clients connected to every server process, as each last published them; read-only."""
 
     list_display = (
@@ -129,11 +136,12 @@ class LiveConnectionAdmin(admin.ModelAdmin):
     def get_queryset(self, request: HttpRequest) -> QuerySet[LiveConnection]:
         requests = DisconnectRequest.objects.filter(process=OuterRef("process"), sid=OuterRef("sid"))
         heartbeat = LiveProcess.objects.filter(process=OuterRef("process")).values("last_seen")[:1]
-        return (
+        rows: QuerySet[LiveConnection] = (
             super()
             .get_queryset(request)
             .annotate(disconnect_pending=Exists(requests), process_last_seen=Subquery(heartbeat))
         )
+        return rows
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

@@ -172,6 +172,16 @@ def consumer_config() -> dict[str, Any]:
     return {**CONSUMER_DEFAULTS, **conf.kafka_config, **CONSUMER_OVERRIDES, "auto.offset.reset": "error"}
 
 
+def _earliest() -> OffsetSpec:
+    spec: OffsetSpec = OffsetSpec.earliest()  # type: ignore[no-untyped-call]  # confluent-kafka leaves it unannotated
+    return spec
+
+
+def _latest() -> OffsetSpec:
+    spec: OffsetSpec = OffsetSpec.latest()  # type: ignore[no-untyped-call]  # confluent-kafka leaves it unannotated
+    return spec
+
+
 class Cluster:
     """Process-wide admin client with a short-lived cache of topic metadata."""
 
@@ -235,8 +245,8 @@ class Cluster:
         partitions = [
             (t, p) for t in names if t in metadata and metadata[t].error is None for p in metadata[t].partitions
         ]
-        earliest = self._list_offsets({tp: OffsetSpec.earliest() for tp in partitions})
-        latest = self._list_offsets({tp: OffsetSpec.latest() for tp in partitions})
+        earliest = self._list_offsets({tp: _earliest() for tp in partitions})
+        latest = self._list_offsets({tp: _latest() for tp in partitions})
         facts: dict[str, list[tuple[int, int]]] = {}
         for topic, partition in sorted(partitions):
             facts.setdefault(topic, []).append((earliest[(topic, partition)], latest[(topic, partition)]))
@@ -244,14 +254,14 @@ class Cluster:
 
     def log_ends(self, partitions: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
         """Blocking: the latest offset of each partition (for metrics, from a scrape's thread)."""
-        return self._list_offsets({tp: OffsetSpec.latest() for tp in partitions})
+        return self._list_offsets({tp: _latest() for tp in partitions})
 
     async def watermarks(self, partitions: list[tuple[str, int]]) -> dict[tuple[str, int], tuple[int, int]]:
         """(earliest, latest) offsets of each partition."""
 
         def lookup() -> dict[tuple[str, int], tuple[int, int]]:
-            earliest = self._list_offsets({(t, p): OffsetSpec.earliest() for t, p in partitions})
-            latest = self._list_offsets({(t, p): OffsetSpec.latest() for t, p in partitions})
+            earliest = self._list_offsets({(t, p): _earliest() for t, p in partitions})
+            latest = self._list_offsets({(t, p): _latest() for t, p in partitions})
             return {tp: (earliest[tp], latest[tp]) for tp in partitions}
 
         return await run_blocking(lookup)

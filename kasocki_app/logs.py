@@ -11,6 +11,7 @@ import datetime
 import json
 import logging
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 connection_context: contextvars.ContextVar[tuple[str, str]] = contextvars.ContextVar(
@@ -56,7 +57,16 @@ class LibraryLogger(logging.Logger):
     Their per-packet info chatter goes to debug.
     """
 
-    def _log(self, level: int, msg: object, args: Any, exc_info: Any = None, **kwargs: Any) -> None:
+    def _log(
+        self,
+        level: int,
+        msg: object,
+        args: Any,
+        exc_info: Any = None,
+        extra: Mapping[str, object] | None = None,
+        stack_info: bool = False,
+        stacklevel: int = 1,
+    ) -> None:
         if level >= logging.ERROR:
             level = logging.WARNING
             error = sys.exc_info()[1] if exc_info is True else exc_info if isinstance(exc_info, BaseException) else None
@@ -67,7 +77,7 @@ class LibraryLogger(logging.Logger):
         elif level == logging.INFO:
             level = logging.DEBUG
         if self.isEnabledFor(level):  # info() checked INFO; the level may have dropped since
-            super()._log(level, msg, args, exc_info=exc_info, **kwargs)
+            super()._log(level, msg, args, exc_info=exc_info, extra=extra, stack_info=stack_info, stacklevel=stacklevel)
 
 
 def library_logger(name: str) -> logging.Logger:

@@ -151,14 +151,17 @@ class BacklogMeteredApp:
 
     async def _serve(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http":
-            return await self._serve_http(scope, receive, send)
+            await self._serve_http(scope, receive, send)
+            return
         if scope["type"] != "websocket":
-            return await self.app(scope, receive, send)
+            await self.app(scope, receive, send)
+            return
         transport = server_transport(send)
         if transport is None:
-            return await self.app(scope, receive, send)
+            await self.app(scope, receive, send)
+            return
         sids = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("sid", [])
-        session = {"sid": sids[0] if sids else None}
+        session: dict[str, str | None] = {"sid": sids[0] if sids else None}
         if session["sid"]:
             _transports[session["sid"]] = transport
 
@@ -166,9 +169,10 @@ class BacklogMeteredApp:
             if session["sid"] is None and message.get("type") == "websocket.send":
                 text = message.get("text") or ""
                 if text.startswith("0{"):  # engine.io OPEN packet carries the new session id
-                    session["sid"] = orjson.loads(text[1:]).get("sid")
-                    if session["sid"]:
-                        _transports[session["sid"]] = transport
+                    sid: str | None = orjson.loads(text[1:]).get("sid")
+                    session["sid"] = sid
+                    if sid:
+                        _transports[sid] = transport
             await send(message)
 
         try:

@@ -26,7 +26,7 @@ class CappedPollSocket(AsyncSocket):  # type: ignore[misc]  # python-engineio sh
     carried: list[Any]
 
     async def poll(self) -> list[Any]:
-        carried = self.__dict__.setdefault("carried", [])
+        carried: list[Any] = self.__dict__.setdefault("carried", [])
         if not carried:
             carried.extend(await super().poll())
             if not carried:
@@ -56,7 +56,7 @@ class EngineServer(engineio.AsyncServer):  # type: ignore[misc]  # python-engine
         super().__init__(*args, **kwargs)
         # The library creates its sessions inline (in _handle_connect): each becomes the capped
         # class as it is registered, before the first poll reaches it.
-        self.sockets = _CappingSockets(self.sockets)
+        self.sockets: dict[str, Any] = _CappingSockets(self.sockets)
 
 
 class _CappingSockets(dict[str, Any]):

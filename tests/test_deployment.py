@@ -30,6 +30,7 @@ import pytest_asyncio
 import socketio
 from engineio.payload import Payload
 
+from scripts.kafka_topics import KafkaTopics
 from tests.deployment_clients import (
     AdminBrowser,
     FailoverClient,
@@ -50,7 +51,6 @@ from tests.deployment_stack import (
     render_site,
     self_signed_certificate,
 )
-from tests.kafka_harness import KafkaForTests
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -89,7 +89,7 @@ class Deployment:
     topics: dict[str, str]
     partitions: dict[str, int]
     password: str
-    kafka: KafkaForTests
+    kafka: KafkaTopics
     addresses: Iterator[str] = field(default_factory=loopback_addresses)
 
     def backend(self, process: str) -> Backend:
@@ -122,7 +122,7 @@ for topic in os.environ["DEPLOY_TEST_TOPICS"].split(","):
 
 
 @pytest.fixture(scope="module")
-def deployment(kafka: KafkaForTests) -> Iterator[Deployment]:
+def deployment(kafka: KafkaTopics) -> Iterator[Deployment]:
     packages = load_packages_script()
     reason = packages.why_unavailable()
     if reason:
@@ -207,7 +207,7 @@ class Fleet:
     process_of: dict[str, str]  # sid -> process
 
 
-def produce_each(kafka: KafkaForTests, topic: str, partitions: int, count: int) -> None:
+def produce_each(kafka: KafkaTopics, topic: str, partitions: int, count: int) -> None:
     for partition in range(partitions):
         kafka.produce(topic, [{"n": i} for i in range(count)], partition=partition)
 
