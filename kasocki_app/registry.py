@@ -77,10 +77,11 @@ def lag_of(connection: Connection, latest: dict[tuple[str, int], int]) -> dict[s
     if connection.assignments is None:
         return None
     lag: dict[str, int | None] = {}
+    positions = connection.positions
     for assignment in connection.assignments:
-        key = (assignment["topic"], assignment["partition"])
+        key = assignment.tp
         # Partitions added after the subscribe have no position until a record is taken from them.
-        position = connection.positions.get(key, assignment["offset"])
+        position = positions.get(key, assignment.offset)
         high = latest.get(key)
         lag[f"{key[0]}/{key[1]}"] = None if high is None else max(high - position, 0)
     return lag
@@ -93,7 +94,7 @@ def row_of(connection: Connection, latest: dict[tuple[str, int], int]) -> Row:
         "sid": connection.sid,
         "address": connection.address,
         "username": connection.principal.username,
-        "subscriptions": None if assignments is None else [dict(a) for a in assignments],
+        "subscriptions": None if assignments is None else [a.to_dict() for a in assignments],
         "filters": connection.filters,
         "delivered": connection.delivered,
         "lag": lag_of(connection, latest),
@@ -172,9 +173,7 @@ class Publisher:
     async def publish(self) -> None:
         """One round: refresh latest offsets, write the rows, disconnect the clients an admin marked."""
         interval = conf.registry_seconds
-        assigned = {
-            (a["topic"], a["partition"]) for c in self.service.connections.values() for a in c.assignments or ()
-        }
+        assigned: set[tuple[str, int]] = {a.tp for c in self.service.connections.values() for a in c.assignments or ()}
         await self._refresh_latest(assigned, interval / 2)
         # Taken after the wait: connections that left meanwhile get no row.
         connections = [c for c in self.service.connections.values() if not c.closed]
