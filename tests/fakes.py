@@ -320,6 +320,12 @@ class FakeOutbound:
         await self.changes.until(condition, what)
 
 
+async def settle() -> None:
+    """Let every task that can run reach the point where it waits for something outside."""
+    for _ in range(50):
+        await asyncio.sleep(0)
+
+
 def offsets_of(messages: Iterable[dict[str, Any]]) -> list[tuple[str, int, int]]:
     return [(m["_kafka"]["topic"], m["_kafka"]["partition"], m["_kafka"]["offset"]) for m in messages]
 

@@ -11,8 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.fakes import FakeLog, FakeOutbound, emit, offsets_of
-from tests.test_connection import settle
+from tests.fakes import FakeLog, FakeOutbound, emit, offsets_of, settle
 
 
 def topics_of(events: list[tuple[str, Any]]) -> set[str]:

@@ -21,13 +21,7 @@ from kasocki_app.exceptions import (
     TooManyRequestsError,
     TopicNotAvailableError,
 )
-from tests.fakes import FakeLog, FakeOutbound, emit, offsets_of
-
-
-async def settle() -> None:
-    """Let every task that can run reach the point where it waits for something outside."""
-    for _ in range(50):
-        await asyncio.sleep(0)
+from tests.fakes import FakeLog, FakeOutbound, emit, offsets_of, settle
 
 
 @pytest.fixture

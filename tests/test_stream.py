@@ -11,8 +11,7 @@ import asyncio
 import pytest
 
 from kasocki_app.exceptions import AlreadyStartedError
-from tests.fakes import FakeLog, emit, offsets_of
-from tests.test_connection import settle
+from tests.fakes import FakeLog, emit, offsets_of, settle
 
 
 @pytest.fixture
