@@ -1,6 +1,6 @@
 """Everything that talks to Kafka: a shared admin client, offset lookups and per-connection consumers.
 
-librdkafka calls that wait on the network run in one bounded thread pool with a
+librdkafka calls that wait on the network run in threads (``threads.py``) with a
 timeout, never on the event loop. The only call made on the loop is
 ``consume(timeout=0)``, which drains librdkafka's local prefetch queue (filled
 by librdkafka's own threads) and returns at once.
@@ -13,12 +13,11 @@ import concurrent.futures
 import contextlib
 import itertools
 import logging
-import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
-from typing import Any, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 from confluent_kafka import KafkaError as RdKafkaError
@@ -27,9 +26,10 @@ from confluent_kafka.admin import AdminClient, OffsetSpec
 from . import lograte, metrics
 from .conf import conf
 from .exceptions import KafkaError
+from .threads import executor, in_own_thread, kafka_error, run_blocking, wait_executor
+from .types import Position
 
 logger = logging.getLogger(__name__)
-T = TypeVar("T")
 
 # Every consumer of the process meets the same errors at each reconnect attempt of an
 # outage: these log one line per kind of error per interval, with a count, for them all.
@@ -70,100 +70,8 @@ CONSUMER_DEFAULTS: dict[str, Any] = {
     "enable.metrics.push": False,
 }
 
-_executor: concurrent.futures.ThreadPoolExecutor | None = None
-_executor_lock = threading.Lock()
-_wait_executor: ElasticPool | None = None
 # Longest wait of an idle stream in librdkafka; also how often an idle stream looks at the cluster.
 WAIT_MAX_SECONDS = 0.5
-
-
-def executor() -> concurrent.futures.ThreadPoolExecutor:
-    """The process-wide bounded pool for blocking librdkafka calls."""
-    global _executor
-    with _executor_lock:
-        if _executor is None:
-            _executor = concurrent.futures.ThreadPoolExecutor(
-                max_workers=conf.kafka_threads, thread_name_prefix="kasocki-kafka"
-            )
-        return _executor
-
-
-class ElasticPool:
-    """Threads for blocking waits: one more whenever none is free, each ending after idling.
-
-    Idle streams wait here, one thread per waiting consumer; unlike ThreadPoolExecutor's,
-    these threads end after IDLE_SECONDS unused, so a burst of connections leaves no threads
-    behind once it is gone.
-    """
-
-    IDLE_SECONDS = 2.0
-
-    def __init__(self, max_threads: int) -> None:
-        self._max = max_threads
-        self._queue: queue.SimpleQueue[tuple[concurrent.futures.Future[Any], Callable[..., Any], tuple[Any, ...]]]
-        self._queue = queue.SimpleQueue()
-        self._lock = threading.Lock()
-        self._threads = 0
-        self._idle = 0
-
-    def submit(self, func: Callable[..., T], *args: Any) -> concurrent.futures.Future[T]:
-        future: concurrent.futures.Future[T] = concurrent.futures.Future()
-        self._queue.put((future, func, args))
-        with self._lock:
-            if self._idle == 0 and self._threads < self._max:
-                self._threads += 1
-                threading.Thread(target=self._work, name="kasocki-wait", daemon=True).start()
-        return future
-
-    def _work(self) -> None:
-        while True:
-            with self._lock:
-                self._idle += 1
-            try:
-                future, func, args = self._queue.get(timeout=self.IDLE_SECONDS)
-            except queue.Empty:
-                with self._lock:
-                    self._idle -= 1
-                    if self._queue.empty():  # checked under the lock submit() takes: nothing is stranded
-                        self._threads -= 1
-                        return
-                continue
-            with self._lock:
-                self._idle -= 1
-            if future.set_running_or_notify_cancel():
-                try:
-                    future.set_result(func(*args))
-                except BaseException as exc:
-                    future.set_exception(exc)
-
-
-def wait_executor() -> ElasticPool:
-    """Where idle streams wait for records: separate from the pool of blocking calls."""
-    global _wait_executor
-    with _executor_lock:
-        if _wait_executor is None:
-            _wait_executor = ElasticPool(conf.max_consumers + 1)
-        return _wait_executor
-
-
-async def run_blocking(func: Callable[..., T], *args: Any, timeout: float | None = None) -> T:
-    """Run a blocking librdkafka call in the pool; raise KafkaError after ``timeout`` seconds."""
-    timeout = conf.kafka_timeout if timeout is None else timeout
-    future = asyncio.get_running_loop().run_in_executor(executor(), func, *args)
-    try:
-        return await asyncio.wait_for(future, timeout)
-    except TimeoutError:
-        raise KafkaError(f"Kafka did not answer within {timeout:g}s", code="_TIMED_OUT") from None
-    except KafkaException as exc:
-        raise kafka_error(exc) from None
-
-
-def kafka_error(exc: KafkaException | RdKafkaError) -> KafkaError:
-    """A client-visible KafkaError named after librdkafka's error code."""
-    error = exc.args[0] if isinstance(exc, KafkaException) and exc.args else exc
-    if isinstance(error, RdKafkaError):
-        return KafkaError(error.str(), code=error.name())
-    return KafkaError(str(error), code="_UNKNOWN")
 
 
 def consumer_config() -> dict[str, Any]:
@@ -286,31 +194,6 @@ def _seen(future: asyncio.Future[Any]) -> None:
         future.exception()
 
 
-def in_own_thread(func: Callable[[], T]) -> asyncio.Future[T]:
-    """Run ``func`` in a new daemon thread; the future resolves on the running loop."""
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[T] = loop.create_future()
-
-    def settle(result: T | None, error: BaseException | None) -> None:
-        if future.cancelled():
-            return
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(result)  # type: ignore[arg-type]
-
-    def run() -> None:
-        try:
-            result = func()
-        except BaseException as exc:  # handed to the loop
-            loop.call_soon_threadsafe(settle, None, exc)
-        else:
-            loop.call_soon_threadsafe(settle, result, None)
-
-    threading.Thread(target=run, name="kasocki-close", daemon=True).start()
-    return future
-
-
 def error_callback(errors: deque[KafkaError], consumer_id: int) -> Callable[[RdKafkaError], None]:
     """A consumer's ``error_cb``: keeps the error for the client and logs it, rate-limited."""
 
@@ -344,11 +227,12 @@ class ConsumerCounts:
 
 
 class KafkaSource:
-    """One connection's Kafka consumer: assigned partitions only, no group, no commits."""
+    """One connection's Kafka consumer (a ``reader.Reader``): assigned partitions only, no group, no commits."""
 
     def __init__(self, consumer: Consumer) -> None:
         ConsumerCounts.open += 1
         self._waiting: concurrent.futures.Future[list[Message]] | None = None
+        self._waited: asyncio.Future[list[Message]] | None = None  # _waiting on the loop, until read takes it
         self._consumer = consumer
         self._errors: deque[KafkaError] = deque(maxlen=100)
         self._closed = False
@@ -371,18 +255,20 @@ class KafkaSource:
         source._errors = errors
         return source
 
-    async def assign(self, positions: list[tuple[str, int, int]]) -> None:
-        """Start reading each (topic, partition) at the given concrete offset."""
-        await run_blocking(self._consumer.assign, [TopicPartition(t, p, o) for t, p, o in positions])
+    async def assign(self, positions: Sequence[Position]) -> None:
+        """Read exactly these partitions, each from its concrete offset."""
+        await run_blocking(self._consumer.assign, [TopicPartition(p.topic, p.partition, p.offset) for p in positions])
 
-    async def add(self, positions: list[tuple[str, int, int]]) -> None:
-        await run_blocking(self._consumer.incremental_assign, [TopicPartition(t, p, o) for t, p, o in positions])
+    async def add(self, positions: Sequence[Position]) -> None:
+        partitions = [TopicPartition(p.topic, p.partition, p.offset) for p in positions]
+        await run_blocking(self._consumer.incremental_assign, partitions)
 
-    async def remove(self, partitions: list[tuple[str, int]]) -> None:
+    async def remove(self, partitions: Sequence[tuple[str, int]]) -> None:
         await run_blocking(self._consumer.incremental_unassign, [TopicPartition(t, p) for t, p in partitions])
 
-    async def seek(self, topic: str, partition: int, offset: int) -> None:
-        """Restart a partition at ``offset``, also after a fetch error (where librdkafka refuses seek())."""
+    async def seek(self, position: Position) -> None:
+        """Continue a partition at another offset, also after a fetch error (where librdkafka refuses seek())."""
+        topic, partition, offset = position.topic, position.partition, position.offset
 
         def reassign() -> None:
             self._consumer.incremental_unassign([TopicPartition(topic, partition)])
@@ -390,25 +276,46 @@ class KafkaSource:
 
         await run_blocking(reassign)
 
-    def poll(self, max_messages: int) -> list[Message]:
-        """Records already prefetched by librdkafka, without waiting (safe on the event loop)."""
-        if self._closed:
-            return []
-        return self._consumer.consume(max_messages, timeout=0)
+    async def read(self, max_records: int, timeout: float) -> list[Message]:
+        """Up to ``max_records`` records; when none is ready, wait at most ``timeout`` seconds for one.
 
-    async def wait(self, timeout: float) -> list[Message]:
-        """The next record as soon as one arrives, or [] after ``timeout`` seconds; waits in a thread.
+        librdkafka's consume() must not run on one consumer while another call of it waits.
+        So the loop only takes what librdkafka prefetched (timeout 0, returning at once), and
+        only while no wait runs; a wait runs in a thread, one at a time, and a read meanwhile
+        joins it. What a wait brings stays here until a read takes it, even when the read that
+        started it was cancelled, and before anything is polled after it: offset order holds.
 
         An idle stream sleeps in librdkafka (GIL released) instead of polling from the
         loop: idle connections cost no CPU and a new record wakes its stream at once.
         Only one record: consume(N, timeout) waits for N records or the whole timeout;
-        the rest of a burst is then taken by poll() on the loop.
+        the rest of a burst is then taken by the next reads, without waiting.
         """
         if self._closed:
             return []
-        future = wait_executor().submit(self._consumer.consume, 1, timeout)
-        self._waiting = future  # close() lets it finish: the handle must outlive the call
-        return await asyncio.wrap_future(future)
+        if self._waited is None:
+            records = self._consumer.consume(max_records, timeout=0)
+            if records or timeout <= 0:
+                return records
+            self._waiting = wait_executor().submit(self._consumer.consume, 1, timeout)
+            self._waited = asyncio.wrap_future(self._waiting)  # close() lets it finish: the handle must outlive it
+        if timeout > 0 and not self._waited.done():
+            await asyncio.wait({self._waited}, timeout=timeout)
+        return self._take_waited()
+
+    def _take_waited(self) -> list[Message]:
+        """What the finished wait brought, once; raises what it failed with."""
+        waited = self._waited
+        if waited is None or not waited.done():
+            return []
+        self._waited = None
+        if waited.cancelled():
+            return []
+        failure = waited.exception()
+        if isinstance(failure, KafkaException):
+            raise kafka_error(failure) from failure
+        if failure is not None:
+            raise failure
+        return waited.result()
 
     def take_errors(self) -> list[KafkaError]:
         flush_logs()  # the stream loop calls this often: summaries get written though no new error comes

@@ -11,9 +11,10 @@ import socketio
 
 from . import logs, registry
 from .access import client_address, principal_for
+from .connection import Connection
 from .exceptions import InternalError, InvalidArgumentError, KasockiError, UnknownEventError
 from .outbound import Outbound
-from .service import Connection, Service
+from .service import Service
 
 logger = logging.getLogger(__name__)
 

@@ -85,13 +85,14 @@ def partitions_of(connection: Connection, latest: dict[tuple[str, int], int]) ->
     if connection.assignments is None:
         return None
     partitions: list[dict[str, Any]] = []
+    positions = connection.positions
     for assignment in connection.assignments:
-        key = (assignment["topic"], assignment["partition"])
+        key = assignment.tp
         # Partitions added after the subscribe have no position until a record is taken from them.
-        position = connection.positions.get(key, assignment["offset"])
+        position = positions.get(key, assignment.offset)
         high = latest.get(key)
         lag = None if high is None else max(high - position, 0)
-        partitions.append({"topic": key[0], "partition": key[1], "position": position, "lag": lag})
+        partitions.append({"topic": key.topic, "partition": key.partition, "position": position, "lag": lag})
     return partitions
 
 
@@ -102,7 +103,7 @@ def row_of(connection: Connection, latest: dict[tuple[str, int], int]) -> Row:
         "sid": connection.sid,
         "address": connection.address,
         "username": connection.principal.username,
-        "subscriptions": None if assignments is None else [dict(a) for a in assignments],
+        "subscriptions": None if assignments is None else [a.to_dict() for a in assignments],
         "filters": connection.filters,
         "delivered": connection.delivered,
         "partitions": partitions_of(connection, latest),
@@ -159,9 +160,7 @@ class Publisher:
         if store.EXITING.is_set():
             return
         interval = conf.registry_seconds
-        assigned = {
-            (a["topic"], a["partition"]) for c in self.service.connections.values() for a in c.assignments or ()
-        }
+        assigned: set[tuple[str, int]] = {a.tp for c in self.service.connections.values() for a in c.assignments or ()}
         await self._refresh_latest(assigned, poll_seconds() / 2)
         # Taken after the wait: connections that left meanwhile get no row.
         rows = {c.sid: row_of(c, self._latest) for c in self.service.connections.values() if not c.closed}

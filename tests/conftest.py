@@ -96,3 +96,36 @@ async def connect(asgi_server: LiveServer) -> AsyncIterator[Callable[..., Awaita
     yield connect_client
     for client in clients:
         await client.close()
+
+
+# --- the connection core against fakes: no broker, no database ---------------
+
+
+@pytest.fixture
+def log() -> Any:
+    """An in-memory Kafka cluster (tests/fakes.py)."""
+    from tests.fakes import FakeLog
+
+    return FakeLog()
+
+
+@pytest.fixture
+def outbound() -> Any:
+    """A fake client: what the connection sent, and a backlog the test sets."""
+    from tests.fakes import FakeOutbound
+
+    return FakeOutbound()
+
+
+@pytest.fixture
+async def connection(log: Any, outbound: Any, settings: Any, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Any]:
+    """A Connection over the fakes that follows the cluster at every step (closed after the test)."""
+    from kasocki_app.connection import Connection
+
+    settings.KASOCKI_ASSIGNMENT_CHECK_SECONDS = 0
+    # Waits for records end when records come (or the log changes), never by timing out here:
+    # a message that is ready but waits for a timeout fails the test instead of slowing it.
+    monkeypatch.setattr("kasocki_app.feed.WAIT_MAX_SECONDS", 60.0)
+    conn = Connection("sid-1", outbound, log.open_reader, log)
+    yield conn
+    await conn.close()

@@ -277,7 +277,7 @@ async def test_requests_in_flight_are_limited(subscribed, settings):
     settings.KASOCKI_MAX_INFLIGHT_REQUESTS = 3
     waiting = [asyncio.ensure_future(client.call("consume", None)) for _ in range(3)]
     connection = server_service().get(client.sio.get_sid())
-    await tests_e2e.wait_until(lambda: connection._handlers == 3, what="three consumes waiting")
+    await tests_e2e.wait_until(lambda: connection.tasks.handlers == 3, what="three consumes waiting")
     err, _ = await client.call("consume", None)
     assert err["name"] == "TooManyRequestsError" and err["limit"] == 3
     assert not any(w.done() for w in waiting)
@@ -291,7 +291,7 @@ async def test_waiting_consumes_are_served_before_the_stream(kafka, subscribed):
     await client.ok("start", None)
     consumes = [asyncio.ensure_future(client.ok("consume", None)) for _ in range(5)]
     (connection,) = [c for c in server_service().connections.values() if c.assignments]
-    await tests_e2e.wait_until(lambda: len(connection._waiters) == 5, what="five consume calls waiting")
+    await tests_e2e.wait_until(lambda: len(connection.feed.waiters) == 5, what="five consume calls waiting")
     kafka.produce(topic, [{"i": i} for i in range(20)])
     consumed = await asyncio.wait_for(asyncio.gather(*consumes), 15)
     # Served in the order they arrived, before the stream took anything; the stream gets the rest once.

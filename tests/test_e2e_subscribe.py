@@ -255,9 +255,9 @@ async def test_disconnect_mid_consume_releases_everything(make_topic, allow, con
     sid = client.sio.get_sid()
     connection = server_service().get(sid)
     await client.sio.emit("consume", (None,), callback=lambda *a: None)
-    await wait_until(lambda: len(connection._tasks) == 1, what="consume waiting")
+    await wait_until(lambda: len(connection.tasks.owned) == 1, what="consume waiting")
     await client.close()
-    await wait_until(lambda: connection.closed and not connection._tasks, what="tasks cancelled")
+    await wait_until(lambda: connection.closed and not connection.tasks.owned, what="tasks cancelled")
     await wait_until(lambda: ConsumerCounts.open == before, what="consumer closed")
 
 
@@ -272,7 +272,7 @@ async def test_disconnect_while_streaming_releases_everything(kafka, make_topic,
     await client.next("message")
     connection = server_service().get(client.sio.get_sid())
     await client.close()
-    await wait_until(lambda: connection.closed and connection._stream_task.done(), what="stream cancelled")
+    await wait_until(lambda: connection.closed and connection.stream.done, what="stream cancelled")
     await wait_until(lambda: ConsumerCounts.open == before, what="consumer closed")
 
 

@@ -1,0 +1,61 @@
+"""Where a connection's records come from: the interface every reader implements.
+
+``kafka.KafkaSource`` (one librdkafka consumer per connection) is the implementation
+today; tests use an in-memory log (``tests/fakes.py``). A reader shared by the
+connections reading the same partitions would implement the same calls.
+
+The contract the connection relies on:
+
+* ``read`` hands each record over once, in offset order per partition. Records it could
+  not hand over (its caller was cancelled) wait in the reader for the next ``read``. What
+  was fetched of a partition before ``remove`` may still come; the connection drops it.
+* ``read(n, 0)`` returns at once without suspending its caller: what is already fetched,
+  or nothing. With a timeout it waits at most that long for a first record (or less, e.g.
+  when the cluster changed); concurrent reads are allowed, and the reader keeps its own
+  rules about which calls may overlap.
+* An offset that left the log comes back as an error record (``_AUTO_OFFSET_RESET``) with
+  the lost offset; the partition then waits for ``seek``. Other errors of the reader come
+  from ``take_errors``.
+* ``close`` releases everything, once, whenever it is called; True when it finished in time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
+
+from .exceptions import KafkaError
+from .types import Position, Record, TopicPartition
+
+
+class Reader(Protocol):
+    """One connection's view of the log: assigned partitions, read from given offsets."""
+
+    async def assign(self, positions: Sequence[Position]) -> None:
+        """Read exactly these partitions, each from its position."""
+        ...
+
+    async def add(self, positions: Sequence[Position]) -> None:
+        """Also read these partitions, each from its position."""
+        ...
+
+    async def remove(self, partitions: Sequence[TopicPartition]) -> None:
+        """Stop reading these partitions."""
+        ...
+
+    async def seek(self, position: Position) -> None:
+        """Continue a partition at another offset (also after it reported a lost offset)."""
+        ...
+
+    async def read(self, max_records: int, timeout: float) -> list[Record]:
+        """Up to ``max_records`` records, waiting at most ``timeout`` seconds when none is ready."""
+        ...
+
+    def take_errors(self) -> list[KafkaError]:
+        """Errors met since the last call, for the client."""
+        ...
+
+    async def close(self) -> bool: ...
+
+
+ReaderFactory = Callable[[], Awaitable[Reader]]
