@@ -14,7 +14,7 @@ from django.db.models import Exists, OuterRef, QuerySet, Subquery
 from django.http import HttpRequest, HttpResponse
 
 from . import registry
-from .kafka import cluster
+from .cluster import cluster
 from .models import DisconnectRequest, LiveConnection, LiveProcess, WhitelistedTopic
 
 logger = logging.getLogger(__name__)

@@ -13,6 +13,7 @@ from typing import Protocol
 
 from . import topics
 from .access import ANONYMOUS, Principal
+from .cluster import cluster
 from .conf import conf
 from .exceptions import (
     InvalidAssignmentError,
@@ -21,7 +22,6 @@ from .exceptions import (
     PartitionsChangedError,
     TopicNotAvailableError,
 )
-from .kafka import cluster
 from .protocol import AssignmentRequest
 from .types import Position, TopicPartition
 
@@ -43,7 +43,7 @@ class Catalog(Protocol):
 
 
 class KafkaCatalog:
-    """The live cluster (``kafka.cluster``) and the whitelist (``topics``)."""
+    """The live cluster (``cluster.cluster``) and the whitelist (``topics``)."""
 
     async def available_topics(self, principal: Principal, fresh: bool = False) -> dict[str, int]:
         return await topics.available_topics(principal, fresh=fresh)

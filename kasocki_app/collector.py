@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from prometheus_client.core import REGISTRY, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from . import kafka
+from . import cluster, kafka
 from .service import Connection, Service
 
 logger = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ class ServiceCollector(Collector):
         if not positions:
             return {}
         try:
-            ends = kafka.cluster.log_ends(sorted({tp for tp, _ in positions}))
+            ends = cluster.cluster.log_ends(sorted({tp for tp, _ in positions}))
         except Exception:  # Kafka unreachable: report no lag rather than fail the scrape
             logger.warning("metrics: could not read log ends", exc_info=True)
             return {}

@@ -29,8 +29,8 @@ from channels.db import database_sync_to_async
 
 from . import registry_exit
 from . import registry_store as store
+from .cluster import cluster
 from .conf import conf
-from .kafka import cluster
 
 if TYPE_CHECKING:
     from .service import Connection, Service

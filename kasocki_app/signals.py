@@ -9,8 +9,8 @@ from django.db.models.signals import m2m_changed, post_delete, post_save
 from django.dispatch import receiver
 
 from . import server, topics
+from .cluster import cluster
 from .conf import conf
-from .kafka import cluster
 from .models import WhitelistedTopic
 
 

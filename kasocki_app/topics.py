@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from channels.db import database_sync_to_async
 
 from .access import ANONYMOUS, Principal
+from .cluster import cluster
 from .conf import conf
-from .kafka import cluster
 from .models import WhitelistedTopic
 
 

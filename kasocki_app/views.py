@@ -10,9 +10,9 @@ from django.shortcuts import render
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from .access import address_behind_proxies
+from .cluster import cluster
 from .conf import conf
 from .exceptions import KafkaError
-from .kafka import cluster
 
 
 async def healthz(request: HttpRequest) -> JsonResponse:

@@ -25,8 +25,8 @@ def django_db_modify_db_settings(tmp_path_factory: pytest.TempPathFactory) -> No
 @pytest.fixture(scope="session")
 def kafka() -> Iterator[KafkaTopics]:
     """The session's broker, with helpers to create topics and produce records."""
+    from kasocki_app.cluster import cluster
     from kasocki_app.conf import conf
-    from kasocki_app.kafka import cluster
 
     bootstrap, stop = start_or_reuse_broker("pytest")
     try:

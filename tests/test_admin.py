@@ -11,7 +11,7 @@ from django.contrib.auth.models import Permission, User
 from django.test import override_settings
 from django.utils import timezone
 
-from kasocki_app.kafka import cluster
+from kasocki_app.cluster import cluster
 from kasocki_app.models import DisconnectRequest, LiveConnection, LiveProcess, WhitelistedTopic
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from kasocki_app import collector, kafka
+from kasocki_app import cluster, collector
 from kasocki_app.exceptions import KafkaError
 
 
@@ -33,7 +33,7 @@ def gauges(service: Any) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 def test_lag_is_summed_per_topic_from_the_log_ends(monkeypatch):
     ends = {("a", 0): 10, ("a", 1): 5, ("b", 0): 7}
-    monkeypatch.setattr(kafka.cluster, "log_ends", lambda partitions: {tp: ends[tp] for tp in partitions if tp in ends})
+    monkeypatch.setattr(cluster.cluster, "log_ends", lambda tps: {tp: ends[tp] for tp in tps if tp in ends})
     samples = gauges(service_of({("a", 0): 4, ("a", 1): 5}, {("a", 0): 9, ("b", 0): 8, ("gone", 0): 3}, None))
     assert samples[("kasocki_connections", ())] == 3
     assert samples[("kasocki_subscriptions", ())] == 2
@@ -48,7 +48,7 @@ def test_lag_is_left_out_when_kafka_is_unreachable(monkeypatch, caplog):
     def unreachable(partitions: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
         raise KafkaError("unreachable")
 
-    monkeypatch.setattr(kafka.cluster, "log_ends", unreachable)
+    monkeypatch.setattr(cluster.cluster, "log_ends", unreachable)
     samples = gauges(service_of({("a", 0): 4}))
     assert samples[("kasocki_connections", ())] == 1
     assert not [key for key in samples if key[0] == "kasocki_consumer_lag"]
@@ -56,7 +56,7 @@ def test_lag_is_left_out_when_kafka_is_unreachable(monkeypatch, caplog):
 
 
 def test_no_positions_need_no_log_ends(monkeypatch):
-    monkeypatch.setattr(kafka.cluster, "log_ends", pytest.fail)
+    monkeypatch.setattr(cluster.cluster, "log_ends", pytest.fail)
     assert gauges(service_of(None))[("kasocki_subscriptions", ())] == 0
 
 

@@ -8,7 +8,7 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 from django.core.management import CommandError, call_command
 
-from kasocki_app.kafka import cluster
+from kasocki_app.cluster import cluster
 from kasocki_app.management.commands.kasocki_check import counted
 from kasocki_app.models import WhitelistedTopic
 

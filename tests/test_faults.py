@@ -22,7 +22,8 @@ import pytest
 from confluent_kafka import Consumer
 
 from kasocki_app import kafka as kasocki_kafka
-from kasocki_app.kafka import ConsumerCounts, cluster
+from kasocki_app.cluster import cluster
+from kasocki_app.kafka import ConsumerCounts
 from scripts import kafka as broker_script
 from scripts.kafka_topics import KafkaTopics
 from tests.e2e import server_service, wait_until

@@ -9,9 +9,9 @@ from django.core import checks
 from django.core.management.base import BaseCommand, CommandError
 
 from kasocki_app import topics
+from kasocki_app.cluster import cluster
 from kasocki_app.conf import conf
 from kasocki_app.exceptions import KafkaError
-from kasocki_app.kafka import cluster
 
 
 class Command(BaseCommand):
