@@ -224,7 +224,7 @@ async def test_disconnect_request_survives_the_targets_rows_being_written_again(
     # Before the process looks, its rows are deleted and written again (as when another process reaped
     # them): the request is not part of the rows, so it stays.
     await LiveConnection.objects.filter(process=first.process).adelete()
-    service.connections["c-0"].delivered += 1
+    service.connections["c-0"].feed.delivered += 1
     await first.publish()
     assert await rows_of(first.process) == 2
     # A new publisher for the same process (the old one's loop ended) writes everything afresh.
@@ -244,7 +244,7 @@ async def test_rows_are_written_only_when_they_change(publisher):
     await publishing.publish()
     rows = LiveConnection.objects.filter(process=publishing.process)
     before = {r.sid: r.updated async for r in rows.all()}
-    service.connections["c-1"].delivered = 7
+    service.connections["c-1"].feed.delivered = 7
     await publishing.publish()
     after = {r.sid: (r.updated, r.delivered) async for r in rows.all()}
     assert after["c-0"] == (before["c-0"], 0) and after["c-2"] == (before["c-2"], 0)
@@ -314,7 +314,7 @@ async def test_disconnects_under_load_take_effect_within_seconds(publisher, admi
         while True:
             for service in services:
                 for connection in service.connections.values():
-                    connection.delivered += 1
+                    connection.feed.delivered += 1
             await asyncio.sleep(0.05)
 
     tasks.append(asyncio.create_task(busy()))
