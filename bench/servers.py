@@ -34,10 +34,12 @@ def free_port() -> int:
 
 
 # Every benchmark client connects from 127.0.0.1, so per-address connection limits
-# (where the server has them) are lifted; all other settings keep their defaults.
+# (where the server has them) are lifted, and the fan-in ramp may use every consumer one
+# process can hold (the system check's ceiling); all other settings keep their defaults.
 SERVER_SETTINGS = {
     "KASOCKI_MAX_CONNECTIONS_PER_IP": "100000",
     "KASOCKI_MAX_CONNECTION_RATE_PER_IP": "100000",
+    "KASOCKI_MAX_CONSUMERS": "1000",
 }
 
 

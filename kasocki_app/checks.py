@@ -11,6 +11,9 @@ from django.utils.module_loading import import_string
 
 from .conf import DEFAULTS, RESET_POLICIES, conf
 
+# Kafka consumers one process can hold: below librdkafka's thread-local-storage ceiling (about 1,012
+# clients), leaving room for the admin client and anything else of librdkafka in the process.
+CONSUMER_CEILING = 1000
 # Numeric settings where 0 is documented as "never" rather than a mistake.
 ZERO_MEANS_NEVER = frozenset({"KASOCKI_IDLE_TIMEOUT"})
 
@@ -104,4 +107,14 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
                     id="kasocki_app.E008",
                 )
             )
+    consumers = getattr(settings, "KASOCKI_MAX_CONSUMERS", DEFAULTS["KASOCKI_MAX_CONSUMERS"])
+    if isinstance(consumers, int) and consumers > CONSUMER_CEILING:
+        errors.append(
+            Error(
+                f"KASOCKI_MAX_CONSUMERS must be at most {CONSUMER_CEILING}.",
+                hint="librdkafka takes a thread-local-storage key per client and glibc allows 1,024 per process: "
+                "past about 1,012 clients in one process consumers cannot be created. Run more processes.",
+                id="kasocki_app.E009",
+            )
+        )
     return errors

@@ -22,7 +22,7 @@ from confluent_kafka import KafkaError as RdKafkaError
 
 from . import lograte, metrics
 from .conf import conf
-from .exceptions import KafkaError
+from .exceptions import KafkaError, KasockiError, TooManyConsumersError
 from .threads import executor, in_own_thread, kafka_error, run_blocking, wait_executor
 from .types import Position
 
@@ -97,6 +97,20 @@ def flush_logs(force: bool = False) -> None:
     librdkafka_log.flush(force)
 
 
+# librdkafka takes a thread-local-storage key per client and glibc has 1,024 per process: past
+# about 1,012 clients in one process, creating another fails with this text.
+TLS_EXHAUSTED = "thread local storage"
+
+
+def creation_error(exc: KafkaException) -> KasockiError:
+    """What a client hears when librdkafka cannot create its consumer."""
+    if TLS_EXHAUSTED in str(exc):
+        return TooManyConsumersError(
+            "this server process cannot run more Kafka consumers; try again later", limit=conf.max_consumers
+        )
+    return kafka_error(exc)
+
+
 def _close_when_created(future: asyncio.Future[Consumer]) -> None:
     if not future.cancelled() and future.exception() is None:
         executor().submit(future.result().close)
@@ -133,6 +147,8 @@ class KafkaSource:
             future.add_done_callback(_close_when_created)
             if isinstance(exc, TimeoutError):
                 raise KafkaError("creating a Kafka consumer timed out", code="_TIMED_OUT") from None
+            if isinstance(exc, KafkaException):
+                raise creation_error(exc) from None
             raise
         source = cls(consumer)
         source._errors = errors

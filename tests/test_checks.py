@@ -28,6 +28,7 @@ def test_defaults_pass():
         pytest.param("KASOCKI_MAX_BATCH", 0, "kasocki_app.E005", id="limit-zero"),
         pytest.param("KASOCKI_KAFKA_TIMEOUT", "10", "kasocki_app.E005", id="limit-string"),
         pytest.param("KASOCKI_IDLE_TIMEOUT", -1, "kasocki_app.E005", id="idle-timeout-negative"),
+        pytest.param("KASOCKI_MAX_CONSUMERS", 2000, "kasocki_app.E009", id="consumers-beyond-librdkafka"),
         pytest.param("KASOCKI_ALLOWED_ORIGINS", "https://a.example", "kasocki_app.E006", id="origins-string"),
     ],
 )
