@@ -182,6 +182,7 @@ class LiveConnectionAdmin(_ModelAdmin):
             return "-"
         return "; ".join(
             f"{p['topic']}/{p['partition']} at {p['position']}, lag {'?' if p['lag'] is None else p['lag']}"
+            + (f" ({p['reading']})" if p.get("reading") else "")
             for p in row.partitions
         )
 

@@ -117,4 +117,12 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
                 id="kasocki_app.E009",
             )
         )
+    if not isinstance(getattr(settings, "KASOCKI_LIVE_TAIL", True), bool):
+        errors.append(
+            Error(
+                "KASOCKI_LIVE_TAIL must be True or False.",
+                hint="True (the default) shares one Kafka reader per partition; False gives every connection its own.",
+                id="kasocki_app.E010",
+            )
+        )
     return errors

@@ -14,6 +14,7 @@ from prometheus_client.registry import Collector
 
 from . import cluster, kafka
 from .service import Connection, Service
+from .tailing import TailReader
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +34,14 @@ class ServiceCollector(Collector):
             value=sum(1 for c in connections if c.assignments is not None),
         )
         yield GaugeMetricFamily("kasocki_consumers", "Open Kafka consumers.", value=kafka.ConsumerCounts.open)
+        tails, members, _behind = self.service.tail.counts()
+        yield GaugeMetricFamily("kasocki_tails", "Partitions read by the live tail (one shared reader).", value=tails)
+        yield GaugeMetricFamily("kasocki_tail_members", "Connections' partitions on the live tail.", value=members)
+        yield GaugeMetricFamily(
+            "kasocki_catchup_readers",
+            "Connections catching up to the live tail on a consumer of their own.",
+            value=sum(1 for c in connections if isinstance(c.feed.reader, TailReader) and c.feed.reader.catching_up),
+        )
         lag = GaugeMetricFamily(
             "kasocki_consumer_lag",
             "Messages between clients' positions and the log end, summed per topic.",

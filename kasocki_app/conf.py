@@ -42,6 +42,12 @@ DEFAULTS: dict[str, Any] = {
     "KASOCKI_MAX_CONNECTIONS_PER_IP": 50,
     "KASOCKI_MAX_CONNECTION_RATE_PER_IP": 20,
     "KASOCKI_MAX_CONSUMERS": 900,
+    # One shared reader per process for the partitions clients read at the head (tail.py); off:
+    # every connection has its own consumer. Each tailed partition keeps its newest records.
+    "KASOCKI_LIVE_TAIL": True,
+    "KASOCKI_TAIL_RECORDS": 10_000,
+    "KASOCKI_TAIL_BYTES": 8 * 1024 * 1024,
+    "KASOCKI_TAIL_GRACE_SECONDS": 30.0,
     "KASOCKI_IDLE_TIMEOUT": 900.0,
     "KASOCKI_TRUSTED_PROXIES": [],
     "KASOCKI_TOKEN_AUTHENTICATOR": "",
@@ -191,6 +197,25 @@ class Settings:
     @property
     def max_consumers(self) -> int:
         return int(self._get("KASOCKI_MAX_CONSUMERS"))
+
+    @property
+    def live_tail(self) -> bool:
+        return bool(self._get("KASOCKI_LIVE_TAIL"))
+
+    @property
+    def tail_records(self) -> int:
+        """Records each tailed partition keeps, at most."""
+        return int(self._get("KASOCKI_TAIL_RECORDS"))
+
+    @property
+    def tail_bytes(self) -> int:
+        """Bytes each tailed partition keeps, at most (record values and their encoded messages)."""
+        return int(self._get("KASOCKI_TAIL_BYTES"))
+
+    @property
+    def tail_grace_seconds(self) -> float:
+        """How long a tailed partition nobody reads stays open."""
+        return float(self._get("KASOCKI_TAIL_GRACE_SECONDS"))
 
     @property
     def idle_timeout(self) -> float:

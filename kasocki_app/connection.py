@@ -36,7 +36,7 @@ from .protocol import AssignmentRequest, parse_start, parse_subscription
 from .reader import ReaderFactory
 from .stream import Stream
 from .tasks import Tasks
-from .types import Outbound, Position, TopicPartition
+from .types import Delivered, Outbound, Position, TopicPartition
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -162,7 +162,7 @@ class Connection:
         """Judge every message not yet taken by this filter; an invalid one keeps the previous."""
         return self.pipeline.set_filter(arg)
 
-    async def consume(self) -> dict[str, Any]:
+    async def consume(self) -> Delivered:
         """The next message that passes the filter, waiting for one to arrive.
 
         Waiting consume calls are served in arrival order before a running stream takes
@@ -190,7 +190,9 @@ class Connection:
                 logger.info("sid %s: disconnecting an idle connection", self.sid)
                 await self.outbound.disconnect()
                 return
-            await asyncio.sleep(min(timeout - idle_for, 1.0) if busy else timeout - idle_for)
+            # Busy: activity is noted when it ends (a stop, the last request), so looking again a
+            # whole timeout later misses nothing, and an idle stream wakes no timer meanwhile.
+            await asyncio.sleep(timeout - idle_for)
 
     # --- errors and helpers ---------------------------------------------------
 

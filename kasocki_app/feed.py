@@ -29,7 +29,7 @@ from .pipeline import Pipeline
 from .protocol import AssignmentRequest
 from .reader import Reader
 from .threads import kafka_error
-from .types import Position, Record, Taken, TopicPartition
+from .types import Delivered, Position, Record, Taken, TopicPartition
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -108,7 +108,7 @@ class Feed:
         # A topic that left during after_take: its error went out, its messages must not.
         return self.pipeline.keep(taken)
 
-    async def consume(self) -> dict[str, Any]:
+    async def consume(self) -> Delivered:
         """The next passing message, waiting for one; served before the stream takes anything."""
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[Taken] = loop.create_future()
@@ -157,8 +157,10 @@ class Feed:
                 read.result()  # a failed read fails the consume, as the stream reports it
 
     async def _read_into_pipeline(self, reader: Reader) -> None:
+        # Waiting until the next look at the cluster is due: an idle connection wakes once per check.
+        timeout = max(WAIT_MAX_SECONDS, self._next_check - time.monotonic())
         # In one step with the read: whoever else waits finds the records in the pipeline.
-        self.pipeline.feed(await reader.read(conf.consume_batch_size, WAIT_MAX_SECONDS))
+        self.pipeline.feed(await reader.read(conf.consume_batch_size, timeout))
 
     # --- keeping up with Kafka ------------------------------------------------
 

@@ -21,3 +21,10 @@ EMIT_BATCH = Histogram(
     "Messages taken from Kafka per stream-loop step.",
     buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
 )
+TAIL_RECORDS = Counter("kasocki_tail_records", "Records the live tails read from Kafka (one read per process).")
+FILTER_EVALUATIONS = Counter(
+    "kasocki_filter_evaluations", "Filter evaluations: once per record and distinct filter on the live tail."
+)
+ENCODES = Counter("kasocki_message_encodes", "Messages encoded as JSON: once per record on the live tail.")
+HANDOVERS = Counter("kasocki_handovers", "Connections that caught up on their own consumer and joined a live tail.")
+DEMOTIONS = Counter("kasocki_demotions", "Connections that fell behind a live tail's records and read on their own.")

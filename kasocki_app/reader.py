@@ -1,8 +1,9 @@
 """Where a connection's records come from: the interface every reader implements.
 
-``kafka.KafkaSource`` (one librdkafka consumer per connection) is the implementation
-today; tests use an in-memory log (``tests/fakes.py``). A reader shared by the
-connections reading the same partitions would implement the same calls.
+``kafka.KafkaSource`` is one librdkafka consumer (a connection's own with KASOCKI_LIVE_TAIL
+off, a catch-up reader, the live tail's shared one); ``tailing.TailReader`` reads the
+live tail's rings and catches up on a KafkaSource of its own; tests use an in-memory
+log (``tests/fakes.py``).
 
 The contract the connection relies on:
 
@@ -25,7 +26,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 from .exceptions import KafkaError
-from .types import Position, Record, TopicPartition
+from .types import Position, Readable, TopicPartition
 
 
 class Reader(Protocol):
@@ -47,7 +48,7 @@ class Reader(Protocol):
         """Continue a partition at another offset (also after it reported a lost offset)."""
         ...
 
-    async def read(self, max_records: int, timeout: float) -> list[Record]:
+    async def read(self, max_records: int, timeout: float) -> Sequence[Readable]:
         """Up to ``max_records`` records, waiting at most ``timeout`` seconds when none is ready."""
         ...
 

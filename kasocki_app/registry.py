@@ -31,6 +31,8 @@ from . import registry_exit
 from . import registry_store as store
 from .cluster import cluster
 from .conf import conf
+from .tailing import TailReader
+from .types import TopicPartition
 
 if TYPE_CHECKING:
     from .service import Connection, Service
@@ -92,8 +94,25 @@ def partitions_of(connection: Connection, latest: dict[tuple[str, int], int]) ->
         position = positions.get(key, assignment.offset)
         high = latest.get(key)
         lag = None if high is None else max(high - position, 0)
-        partitions.append({"topic": key.topic, "partition": key.partition, "position": position, "lag": lag})
+        partitions.append(
+            {
+                "topic": key.topic,
+                "partition": key.partition,
+                "position": position,
+                "lag": lag,
+                "reading": reading_of(connection, key),
+            }
+        )
     return partitions
+
+
+def reading_of(connection: Connection, tp: TopicPartition) -> str:
+    """How a partition is read: ``tail`` (the shared live tail), ``catch-up`` (own consumer until it
+    reaches the tail) or ``own`` (KASOCKI_LIVE_TAIL off)."""
+    reader = connection.feed.reader
+    if isinstance(reader, TailReader):
+        return reader.state(tp) or "own"
+    return "own"
 
 
 def row_of(connection: Connection, latest: dict[tuple[str, int], int]) -> Row:

@@ -1,6 +1,7 @@
 """The connections of one server process, by socket.io sid, with what they share.
 
-What they share: the connection limits, the Kafka consumer budget
+What they share: the connection limits, the live tail (one Kafka reader for the
+partitions read at the head, KASOCKI_LIVE_TAIL), the Kafka consumer budget
 (KASOCKI_MAX_CONSUMERS) and the process-wide background tasks.
 """
 
@@ -18,6 +19,8 @@ from .exceptions import TooManyConsumersError
 from .kafka import ConsumerCounts, KafkaSource
 from .limits import ConnectionLimiter
 from .reader import Reader, ReaderFactory
+from .tail import LiveTail
+from .tailing import TailReader
 from .types import Outbound
 
 __all__ = ["Connection", "ConsumerBudget", "Service"]
@@ -52,14 +55,21 @@ class Service:
         self.limiter = ConnectionLimiter()
         self.consumers = ConsumerBudget(reader_factory)
         self.catalog = catalog
+        self.tail = LiveTail(reader_factory, catalog)
         # Process-wide tasks (the registry publisher), started lazily: daphne sends no lifespan events.
         self.background: set[asyncio.Task[Any]] = set()
 
     def open(self, sid: str, outbound: Outbound, principal: Principal = ANONYMOUS, address: str = "") -> Connection:
         """Register an admitted client (see ``limiter``)."""
-        connection = Connection(sid, outbound, self.consumers.open, self.catalog, principal, address)
+        connection = Connection(sid, outbound, self.open_reader, self.catalog, principal, address)
         self.connections[sid] = connection
         return connection
+
+    async def open_reader(self) -> Reader:
+        """A connection's reader: on the live tail (catching up on its own consumer), or its own consumer."""
+        if conf.live_tail:
+            return TailReader(self.tail, self.consumers.open)
+        return await self.consumers.open()
 
     def get(self, sid: str) -> Connection | None:
         return self.connections.get(sid)
@@ -71,9 +81,10 @@ class Service:
             await connection.close()
 
     async def shutdown(self) -> None:
-        """Cancel and await the background tasks (connections close through their own disconnects)."""
+        """Cancel and await the background tasks and close the live tail (connections close by their disconnects)."""
         tasks = list(self.background)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self.background.difference_update(tasks)
+        await self.tail.close()

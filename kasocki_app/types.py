@@ -7,7 +7,7 @@ A position has one shape, ``Position``; clients see it as the JSON object of
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeAlias
 
 from confluent_kafka import Message
 
@@ -15,10 +15,22 @@ from confluent_kafka import Message
 # (KASOCKI_MESSAGE_BUILDER) receive these, so they stay confluent_kafka's own class.
 Record = Message
 
+if TYPE_CHECKING:
+    import orjson
+
+    from .ring import Entry
+
+# What a reader hands over: a record, or a record of a live tail's ring with what was computed of it once.
+Readable: TypeAlias = "Message | Entry"
+
 # A message ready for the client, with the topic it came from (custom builders need not name it):
 # whatever of a topic that left is still waiting is dropped by that topic. A plain tuple, not a
 # NamedTuple: one is made per delivered message.
-Taken = tuple[str, dict[str, Any]]
+Taken = tuple[str, "Delivered"]
+
+# A message as handed out: a dict, or (from a live tail's ring) its JSON encoded once for every
+# connection, which every encoder of the app (orjson) inlines as it is.
+Delivered: TypeAlias = "dict[str, Any] | orjson.Fragment"
 
 
 class TopicPartition(NamedTuple):

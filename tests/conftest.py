@@ -117,8 +117,32 @@ def outbound() -> Any:
     return FakeOutbound()
 
 
+@pytest.fixture(params=["tail", "own"])
+async def open_reader(request: pytest.FixtureRequest, log: Any) -> AsyncIterator[Any]:
+    """How connections get readers: on a live tail over the fake log, or each its own (KASOCKI_LIVE_TAIL off)."""
+    from kasocki_app.tail import LiveTail
+    from kasocki_app.tailing import TailReader
+
+    if request.param == "own":
+        yield log.open_reader
+        return
+    tail = LiveTail(log.open_reader, log)
+    # A change of the fake cluster wakes idle readers of the tail, as a change wakes the fake's own
+    # readers: what a real idle stream sees at its next timeout, without waiting for one.
+    log.changes.listeners.append(tail.nudge)
+
+    async def on_tail() -> TailReader:
+        return TailReader(tail, log.open_reader)
+
+    on_tail.tail = tail  # type: ignore[attr-defined]  # for tests that look at the tail
+    yield on_tail
+    await tail.close()
+
+
 @pytest.fixture
-async def connection(log: Any, outbound: Any, settings: Any, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Any]:
+async def connection(
+    log: Any, outbound: Any, open_reader: Any, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Any]:
     """A Connection over the fakes that follows the cluster at every step (closed after the test)."""
     from kasocki_app.connection import Connection
 
@@ -126,6 +150,7 @@ async def connection(log: Any, outbound: Any, settings: Any, monkeypatch: pytest
     # Waits for records end when records come (or the log changes), never by timing out here:
     # a message that is ready but waits for a timeout fails the test instead of slowing it.
     monkeypatch.setattr("kasocki_app.feed.WAIT_MAX_SECONDS", 60.0)
-    conn = Connection("sid-1", outbound, log.open_reader, log)
+    monkeypatch.setattr("kasocki_app.tail.WAIT_MAX_SECONDS", 60.0)
+    conn = Connection("sid-1", outbound, open_reader, log)
     yield conn
     await conn.close()

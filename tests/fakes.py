@@ -33,8 +33,11 @@ class Changes:
 
     def __init__(self) -> None:
         self._waiters: set[asyncio.Future[None]] = set()
+        self.listeners: list[Callable[[], None]] = []  # called at every change too
 
     def notify(self) -> None:
+        for listener in self.listeners:
+            listener()
         for waiter in self._waiters:
             if not waiter.done():
                 waiter.set_result(None)
@@ -280,6 +283,8 @@ class FakeOutbound:
         self.held = 0  # sends that waited for ``hold``
 
     async def emit(self, event: str, data: Any) -> None:
+        # As the client sees it: messages of a live tail arrive encoded once (orjson fragments).
+        data = orjson.loads(orjson.dumps(data)) if event in ("message", "messages") else data
         self.events.append((event, data))  # queued for the client, in order, as engine.io queues it
         self.changes.notify()
         if self.hold is not None and event in ("message", "messages"):
@@ -326,8 +331,14 @@ async def settle() -> None:
         await asyncio.sleep(0)
 
 
-def offsets_of(messages: Iterable[dict[str, Any]]) -> list[tuple[str, int, int]]:
-    return [(m["_kafka"]["topic"], m["_kafka"]["partition"], m["_kafka"]["offset"]) for m in messages]
+def decoded(message: Any) -> Any:
+    """A message as the client decodes it (a live tail's are encoded JSON already)."""
+    return orjson.loads(orjson.dumps(message)) if isinstance(message, orjson.Fragment) else message
+
+
+def offsets_of(messages: Iterable[Any]) -> list[tuple[str, int, int]]:
+    found = [decoded(m)["_kafka"] for m in messages]
+    return [(k["topic"], k["partition"], k["offset"]) for k in found]
 
 
 def emit(connection: Connection, verb: str, *args: Any) -> asyncio.Task[Any]:
@@ -336,6 +347,8 @@ def emit(connection: Connection, verb: str, *args: Any) -> asyncio.Task[Any]:
     async def handle() -> Any:
         async with connection.handling():
             action: Coroutine[Any, Any, Any] | Any = getattr(connection, verb)(*args)
-            return await action if asyncio.iscoroutine(action) else action
+            result = await action if asyncio.iscoroutine(action) else action
+            # An ack as the client decodes it (a consume's message may be encoded JSON already).
+            return decoded(result)
 
     return asyncio.ensure_future(handle())

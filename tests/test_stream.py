@@ -11,7 +11,7 @@ import asyncio
 import pytest
 
 from kasocki_app.exceptions import AlreadyStartedError
-from tests.fakes import FakeLog, emit, offsets_of, settle
+from tests.fakes import FakeLog, decoded, emit, offsets_of, settle
 
 
 @pytest.fixture
@@ -78,7 +78,7 @@ async def test_subscribe_start_stop_sent_without_waiting_end_stopped(log, connec
     results = await asyncio.gather(*acks)
     assert results[1:] == [None, None]
     # Stopped: nothing was streamed, and a consume gets the first message.
-    assert (await connection.consume())["i"] == 0
+    assert decoded(await connection.consume())["i"] == 0
     assert outbound.messages() == []
 
 
@@ -100,7 +100,7 @@ async def test_nothing_is_sent_after_stop_returns(log, connection, outbound, top
     await connection.stop()
     log.produce(topic, [{"i": i} for i in range(10, 20)])
     await settle()
-    assert (await connection.consume())["i"] == 10  # nothing was streamed away
+    assert decoded(await connection.consume())["i"] == 10  # nothing was streamed away
     assert len(outbound.messages()) == 10
 
 
@@ -119,7 +119,7 @@ async def test_a_stop_while_the_stream_looks_at_the_cluster_ends_it(log, connect
     log.produce(topic, [{"i": 0}])
     await settle()
     assert outbound.messages() == []
-    assert (await connection.consume())["i"] == 0
+    assert decoded(await connection.consume())["i"] == 0
 
 
 async def test_stop_mid_batch_keeps_the_rest_for_what_comes_next(log, connection, outbound, topic):
@@ -134,7 +134,7 @@ async def test_stop_mid_batch_keeps_the_rest_for_what_comes_next(log, connection
     outbound.hold.set()
     await stop
     assert numbers(outbound.messages()) == [0]  # the one being sent when the stop came
-    assert (await connection.consume())["i"] == 1
+    assert decoded(await connection.consume())["i"] == 1
     await connection.start({"batch": 100})
     await outbound.until(lambda: len(outbound.messages()) == 9, "the rest")
     assert numbers(outbound.messages()) == [0, *range(2, 10)]

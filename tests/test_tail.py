@@ -1,0 +1,280 @@
+"""The live tail over the in-memory log: joins, catch-up, handover, demotion, filter groups, closing.
+
+Every test checks exact offsets per client: nothing twice, nothing skipped, in order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from prometheus_client import REGISTRY
+
+from kasocki_app.connection import Connection
+from kasocki_app.exceptions import TooManyConsumersError
+from kasocki_app.tail import LiveTail
+from kasocki_app.tailing import TailReader
+from kasocki_app.types import TopicPartition
+from tests.fakes import FakeLog, FakeOutbound, FakeReader, emit, offsets_of, settle
+
+T0 = TopicPartition("t", 0)
+
+
+def counter(name: str) -> float:
+    return REGISTRY.get_sample_value(f"{name}_total") or 0.0
+
+
+class Clients:
+    """Connections over one live tail of the fake log."""
+
+    def __init__(self, log: FakeLog) -> None:
+        self.log = log
+        self.tail = LiveTail(log.open_reader, log)
+        log.changes.listeners.append(self.tail.nudge)
+        self.connections: list[Connection] = []
+        self.consumers_left: int | None = None  # None: no limit
+
+    async def open_reader(self) -> TailReader:
+        return TailReader(self.tail, self.open_private)
+
+    async def open_private(self) -> FakeReader:
+        if self.consumers_left is not None:
+            if self.consumers_left <= 0:
+                raise TooManyConsumersError("no consumer left", limit=0)
+            self.consumers_left -= 1
+        return await self.log.open_reader()
+
+    def connect(self) -> tuple[Connection, FakeOutbound]:
+        outbound = FakeOutbound()
+        connection = Connection(f"sid-{len(self.connections)}", outbound, self.open_reader, self.log)
+        self.connections.append(connection)
+        return connection, outbound
+
+    @staticmethod
+    def state(connection: Connection, tp: TopicPartition = T0) -> str:
+        reader = connection.feed.reader
+        assert isinstance(reader, TailReader)
+        return reader.state(tp)
+
+    @property
+    def private_readers(self) -> list[Any]:
+        return [r for r in self.log.open_readers if r is not self.tail.reader]
+
+    async def close(self) -> None:
+        for connection in self.connections:
+            await connection.close()
+        await self.tail.close()
+
+
+@pytest.fixture
+async def clients(log: FakeLog, settings: Any, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Clients]:
+    settings.KASOCKI_ASSIGNMENT_CHECK_SECONDS = 0
+    settings.KASOCKI_TAIL_RECORDS = 5
+    monkeypatch.setattr("kasocki_app.feed.WAIT_MAX_SECONDS", 60.0)
+    monkeypatch.setattr("kasocki_app.tail.WAIT_MAX_SECONDS", 60.0)
+    log.create_topic("t")
+    made = Clients(log)
+    yield made
+    await made.close()
+
+
+def numbered(count: int, start: int = 0) -> list[dict[str, int]]:
+    return [{"i": i, "bucket": i % 3} for i in range(start, start + count)]
+
+
+async def ring_of_15_to_19(clients: Clients) -> Connection:
+    """Offsets 0..19 in the log; a first client at latest opened the ring at 10; it keeps 15..19."""
+    log = clients.log
+    log.produce("t", numbered(10))
+    first, outbound = clients.connect()
+    await first.subscribe({"topic": "t", "partition": 0})
+    await first.start(None)
+    for i in range(10, 20):  # one at a time: the first client keeps up with the ring
+        log.produce("t", numbered(1, i))
+        await outbound.until(lambda n=i: len(outbound.messages()) == n - 9, "the first client's message")
+    ring = clients.tail.find(T0)
+    assert ring is not None and (ring.low, ring.high, len(ring)) == (15, 20, 5)
+    return first
+
+
+@pytest.mark.parametrize(
+    ("position", "joins"),
+    [
+        (12, "catch-up"),  # before the ring
+        (15, "tail"),  # at its start
+        (17, "tail"),  # inside
+        (20, "tail"),  # at its end: the next record
+        (None, "tail"),  # latest
+    ],
+)
+async def test_a_client_joins_the_tail_or_catches_up_by_where_it_starts(clients, position, joins):
+    await ring_of_15_to_19(clients)
+    client, outbound = clients.connect()
+    request = {"topic": "t", "partition": 0} | ({} if position is None else {"offset": position})
+    await client.subscribe(request)
+    assert clients.state(client) == joins
+    assert len(clients.private_readers) == (1 if joins == "catch-up" else 0)
+    await client.start(None)
+    clients.log.produce("t", numbered(5, 20))
+    start = 20 if position is None else position
+    await outbound.until(lambda: len(outbound.messages()) == 25 - start, "every message from the start")
+    await settle()
+    assert offsets_of(outbound.messages()) == [("t", 0, o) for o in range(start, 25)]
+    assert clients.state(client) == "tail"  # caught up: handed over, its own reader closed
+    assert clients.private_readers == []
+
+
+@pytest.mark.parametrize(("offset", "joins"), [(12, "catch-up"), (17, "tail")])
+async def test_a_timestamp_joins_where_its_offset_is(clients, offset, joins):
+    await ring_of_15_to_19(clients)
+    timestamp = clients.log.topics["t"][0].records[offset].timestamp()[1]
+    client, _ = clients.connect()
+    acked = await client.subscribe({"topic": "t", "partition": 0, "timestamp": timestamp})
+    assert acked == [{"topic": "t", "partition": 0, "offset": offset}]
+    assert clients.state(client) == joins
+    got = offsets_of([await emit(client, "consume") for _ in range(20 - offset)])
+    assert got == [("t", 0, o) for o in range(offset, 20)]
+
+
+async def test_handover_under_concurrent_produce_loses_and_repeats_nothing(clients):
+    await ring_of_15_to_19(clients)
+    client, outbound = clients.connect()
+    await client.subscribe({"topic": "t", "partition": 0, "offset": 0})
+    await client.start({"batch": 3})
+    handovers, demotions = counter("kasocki_handovers"), counter("kasocki_demotions")
+    for i in range(20, 60):  # produced while the client catches up and hands over
+        clients.log.produce("t", numbered(1, i))
+        await settle()
+    await outbound.until(lambda: len(outbound.messages()) == 60, "every message")
+    assert offsets_of(outbound.messages()) == [("t", 0, o) for o in range(60)]
+    assert clients.state(client) == "tail"
+    # Handed over once, and once more after each time the 5-record ring moved past what it held.
+    assert counter("kasocki_handovers") - handovers == counter("kasocki_demotions") - demotions + 1
+    assert clients.private_readers == []
+
+
+async def test_a_client_that_falls_behind_the_ring_is_demoted_and_rejoins(clients):
+    await ring_of_15_to_19(clients)
+    slow, outbound = clients.connect()
+    await slow.subscribe({"topic": "t", "partition": 0})
+    assert clients.state(slow) == "tail"
+    demotions = counter("kasocki_demotions")
+    outbound.backlog_bytes = 10**9  # the client stops reading: its stream pauses
+    await slow.start(None)
+    await outbound.until(lambda: outbound.probes > 0, "the stream looking at the client")
+    clients.log.produce("t", numbered(20, 20))  # the ring moves past it (5 records kept)
+    await settle()
+    outbound.backlog_bytes = 0
+    await outbound.until(lambda: len(outbound.messages()) == 20, "the backlog after the pause")
+    assert counter("kasocki_demotions") > demotions
+    clients.log.produce("t", numbered(3, 40))
+    await outbound.until(lambda: len(outbound.messages()) == 23, "the messages after rejoining")
+    assert offsets_of(outbound.messages()) == [("t", 0, o) for o in range(20, 43)]
+    assert clients.state(slow) == "tail" and clients.private_readers == []
+
+
+async def test_equal_filters_share_one_evaluation_and_one_encode_per_record(clients):
+    first = await ring_of_15_to_19(clients)
+    await emit(first, "stop")
+    group: list[tuple[Connection, FakeOutbound]] = []
+    for spec in [{"bucket": 1}, {"bucket": 1}, {"bucket": 2}, None, None]:
+        client, outbound = clients.connect()
+        await client.subscribe({"topic": "t", "partition": 0})
+        client.set_filter(spec)
+        await client.start(None)
+        group.append((client, outbound))
+    evaluations, encodes = counter("kasocki_filter_evaluations"), counter("kasocki_message_encodes")
+    for i in range(20, 26):  # one at a time: the 5-record ring keeps what each client has not judged yet
+        clients.log.produce("t", numbered(1, i))
+        await settle()
+    expected = [2, 2, 2, 6, 6]  # buckets of 20..25: 2, 0, 1, 2, 0, 1
+    for (_, outbound), count in zip(group, expected, strict=True):
+        await outbound.until(lambda o=outbound, n=count: len(o.messages()) == n, "the group's messages")
+    assert counter("kasocki_filter_evaluations") - evaluations == 6 * 2  # two distinct filters
+    assert counter("kasocki_message_encodes") - encodes == 6  # once per record, whoever receives it
+    assert [m["i"] for m in group[0][1].messages()] == [22, 25]
+    # A filter change moves a client to another group: judged by its new filter from the next record on.
+    group[0][0].set_filter({"bucket": 2})
+    for i in range(26, 29):  # buckets 2, 0, 1
+        clients.log.produce("t", numbered(1, i))
+        await settle()
+    await group[0][1].until(lambda: len(group[0][1].messages()) == 3, "the message of the new filter")
+    assert [m["i"] for m in group[0][1].messages()] == [22, 25, 26]
+
+
+async def test_consume_during_start_on_the_tail_is_served_first(clients):
+    await ring_of_15_to_19(clients)
+    client, outbound = clients.connect()
+    await client.subscribe({"topic": "t", "partition": 0})
+    await client.start(None)
+    await settle()
+    waiting = [emit(client, "consume") for _ in range(3)]
+    await settle()
+    clients.log.produce("t", numbered(6, 20))
+    got = offsets_of([await call for call in waiting])
+    await outbound.until(lambda: len(outbound.messages()) == 3, "the stream's messages")
+    assert got == [("t", 0, o) for o in (20, 21, 22)]
+    assert offsets_of(outbound.messages()) == [("t", 0, o) for o in (23, 24, 25)]
+
+
+async def test_a_tail_nobody_reads_closes_after_the_grace_period_and_reopens(clients, settings):
+    first = await ring_of_15_to_19(clients)
+    shared = clients.tail.reader
+    await first.close()
+    assert clients.tail.find(T0) is not None  # kept for the grace period
+    settings.KASOCKI_TAIL_GRACE_SECONDS = 0  # (not a valid setting: here, no wait for time to pass)
+    clients.log.produce("t", numbered(1, 20))  # wakes the pump, which looks for rings nobody reads
+    await settle()
+    assert clients.tail.rings == {} and shared is not None and T0 not in shared.positions
+    client, outbound = clients.connect()
+    await client.subscribe({"topic": "t", "partition": 0, "offset": 19})
+    assert clients.state(client) == "catch-up"  # the new ring starts at the log end, 21
+    await client.start(None)
+    clients.log.produce("t", numbered(2, 21))
+    await outbound.until(lambda: len(outbound.messages()) == 4, "the messages from 19")
+    assert offsets_of(outbound.messages()) == [("t", 0, o) for o in range(19, 23)]
+    assert clients.state(client) == "tail"
+
+
+async def test_a_lost_offset_of_the_tail_sends_its_readers_to_their_own_reset(clients, settings):
+    settings.KASOCKI_RESET_POLICY = "earliest"
+    await ring_of_15_to_19(clients)
+    client, outbound = clients.connect()
+    await client.subscribe({"topic": "t", "partition": 0})
+    await client.start(None)
+    await settle()
+    # The shared reader meets a lost offset: its readers leave the ring and go on by themselves.
+    clients.log.fail("t", 0, code=-185)  # _AUTO_OFFSET_RESET, an error record of the shared reader only
+    clients.log.produce("t", numbered(2, 20))
+    await outbound.until(lambda: len(outbound.messages()) == 2, "the messages after the ring closed")
+    assert offsets_of(outbound.messages()) == [("t", 0, 20), ("t", 0, 21)]
+
+
+async def test_no_private_reader_is_opened_for_clients_at_the_head(clients):
+    clients.consumers_left = 0
+    await ring_of_15_to_19(clients)
+    connected = [clients.connect() for _ in range(20)]
+    for client, _ in connected:
+        await client.subscribe({"topic": "t", "partition": 0})
+        await client.start(None)
+    clients.log.produce("t", numbered(3, 20))
+    for _, outbound in connected:
+        await outbound.until(lambda o=outbound: len(o.messages()) == 3, "every client's messages")
+        assert offsets_of(outbound.messages()) == [("t", 0, o) for o in (20, 21, 22)]
+    assert len(clients.log.open_readers) == 1  # the shared one
+
+
+async def test_catch_up_waits_for_a_free_consumer_instead_of_failing(clients):
+    await ring_of_15_to_19(clients)
+    clients.consumers_left = 0
+    client, outbound = clients.connect()
+    acked = await client.subscribe({"topic": "t", "partition": 0, "offset": 10})
+    assert acked == [{"topic": "t", "partition": 0, "offset": 10}] and clients.private_readers == []
+    await client.start(None)
+    await settle()
+    assert outbound.messages() == [] and outbound.errors() == []
+    clients.consumers_left = 1
+    clients.tail.nudge()  # the next wait of the stream tries again
+    await outbound.until(lambda: len(outbound.messages()) == 10, "the messages once a consumer was free")
+    assert offsets_of(outbound.messages()) == [("t", 0, o) for o in range(10, 20)]
