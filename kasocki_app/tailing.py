@@ -49,6 +49,7 @@ class TailReader:
         # what it reads of them is dropped until they are reassigned at the next offset.
         self._stale: set[TopicPartition] = set()
         self._errors: list[KafkaError] = []
+        self._carried: list[Readable] = []  # brought by a private read whose caller was cancelled
         self._waiters: list[asyncio.Future[None]] = []  # reads waiting for the rings
         self._lock = asyncio.Lock()  # changes of the private reader, one at a time
         self._closed = False
@@ -106,20 +107,25 @@ class TailReader:
         finally:
             with contextlib.suppress(ValueError):
                 self._waiters.remove(waiter)
-            if read is not None and not read.done():
-                read.cancel()  # the private reader keeps what its wait brings, for the next read
-                await asyncio.wait({read})
-        taken = await self._take(max_records)
-        if read is not None and not read.cancelled():
-            failure = read.exception()
-            if failure is None:
-                taken += self._accept(read.result())
-            else:  # reported like the reader's other errors: what the rings gave is not lost
-                if not isinstance(failure, KafkaError):
-                    logger.error("a catch-up read failed", exc_info=failure)
-                    failure = KafkaError(f"reading Kafka failed: {failure!r}", code="_UNKNOWN")
-                self._errors.append(failure)
-        return taken
+            if read is not None:
+                if not read.done():
+                    read.cancel()  # the private reader keeps what its wait brings, for the next read
+                    await asyncio.wait({read})
+                self._keep(read)  # also when this read is cancelled: what it brought is the next read's
+        return await self._take(max_records)
+
+    def _keep(self, read: asyncio.Future[Sequence[Readable]]) -> None:
+        """What a finished private read brought, for the next take; its failure goes to the client."""
+        if read.cancelled():
+            return
+        failure = read.exception()
+        if failure is None:
+            self._carried.extend(read.result())
+            return
+        if not isinstance(failure, KafkaError):
+            logger.error("a catch-up read failed", exc_info=failure)
+            failure = KafkaError(f"reading Kafka failed: {failure!r}", code="_UNKNOWN")
+        self._errors.append(failure)
 
     def take_errors(self) -> list[KafkaError]:
         errors, self._errors = self._errors, []
@@ -221,6 +227,10 @@ class TailReader:
             found = self._tail.find(tp)
             if found is not None and found.holds(self._next[tp]):
                 self._hand_over(tp, found)
+        if self._carried and len(taken) < limit:
+            room = limit - len(taken)
+            carried, self._carried = self._carried[:room], self._carried[room:]
+            taken += self._accept(carried)
         if len(taken) < limit and self._private is not None and self._behind:
             taken += self._accept(await self._private.read(limit - len(taken), 0))  # never suspends
         return taken
