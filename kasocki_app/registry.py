@@ -50,6 +50,10 @@ _process_ids: weakref.WeakKeyDictionary[Service, str] = weakref.WeakKeyDictionar
 _numbers = itertools.count()
 
 
+# Rows looked at again per publication (registry cost bounded whatever the number of connections).
+ROWS_PER_ROUND = 500
+
+
 def poll_seconds() -> float:
     """Seconds between two looks for disconnect requests."""
     return min(POLL_SECONDS, conf.registry_seconds / 2)
@@ -182,8 +186,9 @@ class Publisher:
         assigned: set[tuple[str, int]] = {a.tp for c in self.service.connections.values() for a in c.assignments or ()}
         await self._refresh_latest(assigned, poll_seconds() / 2)
         # Taken after the wait: connections that left meanwhile get no row.
-        rows = {c.sid: row_of(c, self._latest) for c in self.service.connections.values() if not c.closed}
-        changed = {sid for sid, row in rows.items() if self._written.get(sid) != row}
+        live = {sid: c for sid, c in self.service.connections.items() if not c.closed}
+        rows = self._rows(live)
+        changed = {sid for sid, row in rows.items() if self._written.get(sid) is not row}
         gone = self._written.keys() - rows.keys()
         registry_exit.may_have_rows(self.process)
         try:
@@ -196,6 +201,28 @@ class Publisher:
         self._written, self._registered = rows, True
         self._disconnect(requested)
         await in_thread(store.reap, self.process)
+
+    def _rows(self, live: dict[str, Connection]) -> dict[str, Row]:
+        """Every live connection's row: fresh for new ones and the longest unwritten, as last written for the rest.
+
+        At most ROWS_PER_ROUND rows are looked at again per publication, new connections first,
+        then those written longest ago: the database's cost stays bounded with 10,000 clients
+        (each row is then refreshed every ``connections / ROWS_PER_ROUND`` publications).
+        """
+        written = self._written
+        fresh = [sid for sid in live if sid not in written][:ROWS_PER_ROUND]
+        fresh += [sid for sid in written if sid in live][: ROWS_PER_ROUND - len(fresh)]  # oldest written first
+        rows = {sid: row for sid, row in written.items() if sid in live}
+        for sid in fresh:
+            row = row_of(live[sid], self._latest)
+            if written.get(sid) != row:
+                rows.pop(sid, None)  # re-inserted last: written most recently
+                rows[sid] = row
+            else:
+                rows[sid] = rows.pop(sid)  # looked at: its turn comes again after the others'
+        for sid in live.keys() - rows.keys():  # new beyond this round's share: a first row all the same
+            rows[sid] = row_of(live[sid], self._latest)
+        return rows
 
     async def poll(self) -> None:
         """Disconnect the clients an admin marked since the last look."""

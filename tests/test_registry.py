@@ -341,3 +341,32 @@ def _count_is(processes: list[str], count: int) -> Callable[[], Awaitable[bool]]
         return await LiveConnection.objects.filter(process__in=processes).acount() == count
 
     return check
+
+
+async def test_each_publication_looks_at_a_bounded_share_of_the_rows_and_refreshes_them_all_in_turn(
+    publisher, monkeypatch
+):
+    monkeypatch.setattr(registry, "ROWS_PER_ROUND", 10)
+    service = Service()
+    open_clients(service, 30, "c")
+    publishing = publisher(service)
+    written: list[int] = []
+    original = registry_store.publish
+
+    def counting(process: str, interval: float, rows: Any, changed: set[str], *args: Any) -> set[str]:
+        written.append(len(changed))
+        return original(process, interval, rows, changed, *args)
+
+    monkeypatch.setattr(registry_store, "publish", counting)
+    await publishing.publish()
+    assert written == [30]  # new connections: every row at once
+    for connection in service.connections.values():
+        connection.feed.delivered = 7  # every row changed
+    for _ in range(3):
+        await publishing.publish()
+    assert written == [30, 10, 10, 10]  # at most ROWS_PER_ROUND rewritten per publication
+    delivered = [
+        d async for d in LiveConnection.objects.filter(process=publishing.process).values_list("delivered", flat=True)
+    ]
+    assert delivered == [7] * 30  # and every one refreshed after connections / ROWS_PER_ROUND publications
+    await publishing._stop()
