@@ -7,7 +7,7 @@ reader and its pipeline. What they need to know of the cluster comes through a
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -41,6 +41,10 @@ class Catalog(Protocol):
         """First offset at or after each timestamp (epoch ms); -1 where there is none."""
         ...
 
+    async def fingerprint(self) -> Hashable:
+        """Equal as long as no client's available topics can have changed (``watch.py``)."""
+        ...
+
 
 class KafkaCatalog:
     """The live cluster (``cluster.cluster``) and the whitelist (``topics``)."""
@@ -56,6 +60,12 @@ class KafkaCatalog:
     async def offsets_for_times(self, queries: Mapping[TopicPartition, int]) -> dict[TopicPartition, int]:
         found = await cluster.offsets_for_times({(tp.topic, tp.partition): ms for tp, ms in queries.items()})
         return {TopicPartition(*tp): offset for tp, offset in found.items()}
+
+    async def fingerprint(self) -> Hashable:
+        # Both cached per process (single flight): the same queries the connections' checks made.
+        entries = await topics.entries()
+        existing = await cluster.topics()
+        return (entries, tuple(conf.allowed_topics), tuple(sorted(existing.items())))
 
 
 CATALOG = KafkaCatalog()

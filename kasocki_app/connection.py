@@ -37,6 +37,7 @@ from .reader import ReaderFactory
 from .stream import Stream
 from .tasks import Tasks
 from .types import Delivered, Outbound, Position, TopicPartition
+from .watch import ClusterWatch
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -53,6 +54,7 @@ class Connection:
         catalog: Catalog = assignments.CATALOG,
         principal: Principal = ANONYMOUS,
         address: str = "",
+        watch: ClusterWatch | None = None,
     ) -> None:
         self.sid = sid
         self.principal = principal
@@ -63,7 +65,7 @@ class Connection:
         self.catalog = catalog
         self.tasks = Tasks()
         self.pipeline = Pipeline(sid, import_string(conf.message_builder))
-        self.feed = Feed(sid, self.pipeline, catalog, principal, self.report, self.tasks.spawn)
+        self.feed = Feed(sid, self.pipeline, catalog, principal, self.report, self.tasks.spawn, watch)
         self.stream = Stream(sid, self.feed, outbound, self.tasks.spawn)
         self._open_reader = open_reader
         self._subscribing = False

@@ -28,12 +28,16 @@ from .kafka import WAIT_MAX_SECONDS
 from .pipeline import Pipeline
 from .protocol import AssignmentRequest
 from .reader import Reader
+from .tailing import TailReader
 from .threads import kafka_error
 from .types import Delivered, Position, Record, Taken, TopicPartition
+from .watch import ClusterWatch
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
+# Longest wait of an idle stream on the live tail: records and cluster changes wake it before.
+IDLE_WAIT_SECONDS = 30.0
 # The same stream error is reported to a client at most once per this many seconds.
 ERROR_REPEAT_SECONDS = 5.0
 
@@ -45,7 +49,14 @@ class Feed:
     """Takes messages for one connection and keeps its reading in step with Kafka."""
 
     def __init__(
-        self, sid: str, pipeline: Pipeline, catalog: Catalog, principal: Principal, report: Report, spawn: Spawn[Any]
+        self,
+        sid: str,
+        pipeline: Pipeline,
+        catalog: Catalog,
+        principal: Principal,
+        report: Report,
+        spawn: Spawn[Any],
+        watch: ClusterWatch | None = None,
     ) -> None:
         self.sid = sid
         self.pipeline = pipeline
@@ -59,6 +70,9 @@ class Feed:
         self.report = report  # sends an error to the client
         self._spawn = spawn
         self._next_check = 0.0
+        # With a process-wide watch, the cluster is compared when its generation moved on, not by the clock.
+        self._watch = watch
+        self._checked_generation = -1
         self._last_errors: dict[tuple[Any, ...], float] = {}
 
     def subscribed(self, requests: list[AssignmentRequest], positions: list[Position]) -> None:
@@ -157,8 +171,10 @@ class Feed:
                 read.result()  # a failed read fails the consume, as the stream reports it
 
     async def _read_into_pipeline(self, reader: Reader) -> None:
-        # Waiting until the next look at the cluster is due: an idle connection wakes once per check.
-        timeout = max(WAIT_MAX_SECONDS, self._next_check - time.monotonic())
+        if isinstance(reader, TailReader) and self._watch is not None and self._watch.running:
+            timeout = IDLE_WAIT_SECONDS  # the watch wakes the tail's readers when the cluster changed
+        else:  # until the next look at the cluster is due
+            timeout = max(WAIT_MAX_SECONDS, self._next_check - time.monotonic())
         # In one step with the read: whoever else waits finds the records in the pipeline.
         self.pipeline.feed(await reader.read(conf.consume_batch_size, timeout))
 
@@ -190,7 +206,12 @@ class Feed:
                     failure = kafka_error(cause)
                     failure.details.update(topic=record.topic(), partition=record.partition())
                     errors.append(failure)
-            if time.monotonic() >= self._next_check:
+            watch = self._watch if self._watch is not None and self._watch.running else None
+            if watch is not None:
+                if watch.generation != self._checked_generation:
+                    self._checked_generation = watch.generation  # before: a change during the look is not lost
+                    errors.extend(await self._follow_cluster())
+            elif time.monotonic() >= self._next_check:
                 self._next_check = time.monotonic() + conf.assignment_check_seconds
                 errors.extend(await self._follow_cluster())
         except asyncio.CancelledError:

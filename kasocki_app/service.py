@@ -22,6 +22,7 @@ from .reader import Reader, ReaderFactory
 from .tail import LiveTail
 from .tailing import TailReader
 from .types import Outbound
+from .watch import ClusterWatch
 
 __all__ = ["Connection", "ConsumerBudget", "Service"]
 
@@ -56,12 +57,14 @@ class Service:
         self.consumers = ConsumerBudget(reader_factory)
         self.catalog = catalog
         self.tail = LiveTail(reader_factory, catalog)
+        self.watch = ClusterWatch(catalog, self.tail.nudge)
         # Process-wide tasks (the registry publisher), started lazily: daphne sends no lifespan events.
         self.background: set[asyncio.Task[Any]] = set()
 
     def open(self, sid: str, outbound: Outbound, principal: Principal = ANONYMOUS, address: str = "") -> Connection:
         """Register an admitted client (see ``limiter``)."""
-        connection = Connection(sid, outbound, self.open_reader, self.catalog, principal, address)
+        self.watch.ensure_started()
+        connection = Connection(sid, outbound, self.open_reader, self.catalog, principal, address, self.watch)
         self.connections[sid] = connection
         return connection
 
@@ -87,4 +90,5 @@ class Service:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self.background.difference_update(tasks)
+        await self.watch.close()
         await self.tail.close()

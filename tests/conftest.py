@@ -70,6 +70,13 @@ def allow(settings: Any) -> Callable[..., None]:
     return allow_topics
 
 
+@pytest.fixture(params=[True, False], ids=["tail", "own"])
+def live_tail(request: pytest.FixtureRequest, settings: Any) -> bool:
+    """Run a test with the live tail on (the default) and off (a consumer per connection)."""
+    settings.KASOCKI_LIVE_TAIL = request.param
+    return bool(request.param)
+
+
 @pytest.fixture(scope="session")
 def asgi_server(kafka: KafkaTopics, django_db_setup: Any, django_db_blocker: Any) -> Iterator[LiveServer]:
     """The project's full ASGI application (Django + socket.io) on a free port."""

@@ -184,6 +184,10 @@ class FakeLog:
             marks[tp] = (log.start, log.end)
         return marks
 
+    async def fingerprint(self) -> Any:
+        allowed = None if self.allowed is None else frozenset(self.allowed)
+        return allowed, tuple(sorted((name, len(partitions)) for name, partitions in self.topics.items()))
+
     async def offsets_for_times(self, queries: Mapping[TopicPartition, int]) -> dict[TopicPartition, int]:
         found = {}
         for tp, ms in queries.items():

@@ -12,7 +12,8 @@ from kasocki_app.kafka import GROUP_ID
 from kasocki_app.models import WhitelistedTopic
 from tests import e2e as tests_e2e
 
-pytestmark = pytest.mark.django_db(transaction=True)
+# The protocol holds with the live tail on and off.
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("live_tail")]
 
 
 async def next_error(client, name: str, timeout: float = 10) -> dict:

@@ -9,7 +9,8 @@ import pytest
 from tests import e2e as tests_e2e
 from tests.e2e import collect, offsets, server_service
 
-pytestmark = pytest.mark.django_db(transaction=True)
+# The protocol holds with the live tail on and off.
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("live_tail")]
 
 
 @pytest.fixture

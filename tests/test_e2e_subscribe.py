@@ -11,7 +11,8 @@ from kasocki_app.kafka import ConsumerCounts
 from kasocki_app.models import WhitelistedTopic
 from tests.e2e import server_service, wait_until
 
-pytestmark = pytest.mark.django_db(transaction=True)
+# The protocol holds with the live tail on and off.
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("live_tail")]
 
 
 async def test_ready_lists_allowed_existing_topics_sorted(make_topic, allow, connect):

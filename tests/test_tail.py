@@ -5,6 +5,7 @@ Every test checks exact offsets per client: nothing twice, nothing skipped, in o
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -13,10 +14,12 @@ from prometheus_client import REGISTRY
 
 from kasocki_app.connection import Connection
 from kasocki_app.exceptions import TooManyConsumersError
+from kasocki_app.feed import Feed
 from kasocki_app.tail import LiveTail
 from kasocki_app.tailing import TailReader
 from kasocki_app.types import TopicPartition
-from tests.fakes import FakeLog, FakeOutbound, FakeReader, emit, offsets_of, settle
+from kasocki_app.watch import ClusterWatch
+from tests.fakes import EXPECTED_WITHIN, Changes, FakeLog, FakeOutbound, FakeReader, emit, offsets_of, settle
 
 T0 = TopicPartition("t", 0)
 
@@ -278,3 +281,51 @@ async def test_catch_up_waits_for_a_free_consumer_instead_of_failing(clients):
     clients.tail.nudge()  # the next wait of the stream tries again
     await outbound.until(lambda: len(outbound.messages()) == 10, "the messages once a consumer was free")
     assert offsets_of(outbound.messages()) == [("t", 0, o) for o in range(10, 20)]
+
+
+async def test_idle_clients_on_the_tail_look_at_the_cluster_only_when_it_changed(clients, log, monkeypatch):
+    # Without the watch an idle stream would wake at this interval (and look, the check being due).
+    monkeypatch.setattr("kasocki_app.feed.WAIT_MAX_SECONDS", 0.01)
+    watch = ClusterWatch(log, clients.tail.nudge)
+    looks = Changes()
+    fingerprint = log.fingerprint
+
+    async def counted() -> Any:
+        looks.notify()
+        return await fingerprint()
+
+    log.fingerprint = counted  # type: ignore[method-assign]
+    watch.ensure_started()
+    try:
+        idle = []
+        for i in range(3):
+            outbound = FakeOutbound()
+            connection = Connection(f"idle-{i}", outbound, clients.open_reader, log, watch=watch)
+            clients.connections.append(connection)
+            await connection.subscribe({"topic": "t", "partition": 0})
+            await connection.start(None)
+            idle.append(outbound)
+        await settle()
+        asked = log.asked
+        woken: Counter[str] = Counter()
+        original = Feed.after_take
+
+        async def step(feed: Feed, event: str) -> None:
+            woken[feed.sid] += 1
+            await original(feed, event)
+
+        monkeypatch.setattr(Feed, "after_take", step)
+        for _ in range(3):  # three looks of the watch at an unchanged cluster
+            await looks.wait(EXPECTED_WITHIN)
+            await settle()
+        assert woken == {} and log.asked == asked  # no stream woke, no connection looked itself
+        log.produce("t", numbered(1, 20))  # records wake the streams, but the cluster did not change
+        for outbound in idle:
+            await outbound.until(lambda o=outbound: len(o.messages()) == 1, "the record")
+        assert log.asked == asked
+        log.disallow("t")
+        for outbound in idle:
+            await outbound.until(lambda o=outbound: o.errors() != [], "the topic's removal")
+            assert [e["name"] for e in outbound.errors()] == ["TopicNotAvailableError"]
+    finally:
+        await watch.close()

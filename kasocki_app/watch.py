@@ -1,0 +1,71 @@
+"""Cluster and whitelist changes seen once per process, so that idle connections need not look themselves.
+
+Every KASOCKI_ASSIGNMENT_CHECK_SECONDS one task takes the catalog's fingerprint (the
+whitelist entries, the allowed topics of the settings, the cluster's topics and their
+partition counts: everything a connection's available topics are made of). When it
+changed, ``generation`` moves on and the readers of the live tail are woken; each
+connection then compares its subscription with the cluster once (``feed.py``). A
+connection whose generation is current does not look at all: an idle connection on the
+tail wakes for records and for changes only. When the fingerprint cannot be taken (Kafka
+unreachable), every interval counts as a change, so connections report the error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Hashable
+
+from .assignments import Catalog
+from .conf import conf
+
+logger = logging.getLogger(__name__)
+
+WATCH_NAME = "kasocki-cluster-watch"
+# The shortest interval between two looks, whatever the setting says.
+MIN_INTERVAL = 0.05
+
+
+class ClusterWatch:
+    """One look at the cluster per interval for the whole process; ``generation`` counts changes."""
+
+    def __init__(self, catalog: Catalog, on_change: Callable[[], None]) -> None:
+        self.generation = 0
+        self._catalog = catalog
+        self._on_change = on_change
+        self._seen: Hashable | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def ensure_started(self) -> None:
+        """Start watching (lazily, at the first connection: daphne sends no lifespan events)."""
+        if not self.running:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name=WATCH_NAME)
+
+    async def close(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def look(self) -> None:
+        """Take the fingerprint once; a change (or a failure) moves ``generation`` on and wakes the tail."""
+        try:
+            seen: Hashable | None = await self._catalog.fingerprint()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # Kafka or the database unreachable: connections look and report it
+            logger.debug("cluster watch: %r", exc)
+            seen = None
+        if seen is None or seen != self._seen:
+            self._seen = seen
+            self.generation += 1
+            self._on_change()
+
+    async def _run(self) -> None:
+        while True:
+            await self.look()
+            await asyncio.sleep(max(conf.assignment_check_seconds, MIN_INTERVAL))
