@@ -69,12 +69,19 @@ CONSUMER_DEFAULTS: dict[str, Any] = {
 
 # Longest wait of an idle stream in librdkafka; also how often an idle stream looks at the cluster.
 WAIT_MAX_SECONDS = 0.5
+# How long a read pauses while the assignment changes (it may not wait in librdkafka then).
+CHANGE_PAUSE_SECONDS = 0.01
 
 
 def consumer_config() -> dict[str, Any]:
     # "error": an offset that leaves the log while a client lags is reported to the
     # service, which tells the client and then applies KASOCKI_RESET_POLICY itself.
     return {**CONSUMER_DEFAULTS, **conf.kafka_config, **CONSUMER_OVERRIDES, "auto.offset.reset": "error"}
+
+
+def settings_key() -> str:
+    """Equal as long as consumers are made with the same settings."""
+    return repr(sorted(consumer_config().items()))
 
 
 def error_callback(errors: deque[KafkaError], consumer_id: int) -> Callable[[RdKafkaError], None]:
@@ -133,6 +140,7 @@ class KafkaSource:
         self._consumer = consumer
         self._errors: deque[KafkaError] = deque(maxlen=100)
         self._closed = False
+        self._changing = 0  # assignment changes in progress
 
     @classmethod
     async def create(cls) -> KafkaSource:
@@ -156,14 +164,31 @@ class KafkaSource:
 
     async def assign(self, positions: Sequence[Position]) -> None:
         """Read exactly these partitions, each from its concrete offset."""
-        await run_blocking(self._consumer.assign, [TopicPartition(p.topic, p.partition, p.offset) for p in positions])
+        await self._change(self._consumer.assign, [TopicPartition(p.topic, p.partition, p.offset) for p in positions])
 
     async def add(self, positions: Sequence[Position]) -> None:
         partitions = [TopicPartition(p.topic, p.partition, p.offset) for p in positions]
-        await run_blocking(self._consumer.incremental_assign, partitions)
+        await self._change(self._consumer.incremental_assign, partitions)
 
     async def remove(self, partitions: Sequence[tuple[str, int]]) -> None:
-        await run_blocking(self._consumer.incremental_unassign, [TopicPartition(t, p) for t, p in partitions])
+        await self._change(self._consumer.incremental_unassign, [TopicPartition(t, p) for t, p in partitions])
+
+    async def _change(self, func: Callable[..., None], *args: Any) -> None:
+        """An assignment change, made while no wait is inside consume().
+
+        librdkafka holds an assignment change back while another thread waits in consume():
+        measured here, an incremental_assign never returned while a thread called
+        consume(1, 0.5) in a loop. So the change waits for the running wait to end, and no
+        new wait starts until the change is done (reads meanwhile take what is prefetched).
+        """
+        self._changing += 1
+        try:
+            waiting = self._waiting
+            if waiting is not None and not waiting.done():
+                await asyncio.wait({asyncio.wrap_future(waiting)}, timeout=WAIT_MAX_SECONDS * 4)
+            await run_blocking(func, *args)
+        finally:
+            self._changing -= 1
 
     async def seek(self, position: Position) -> None:
         """Continue a partition at another offset, also after a fetch error (where librdkafka refuses seek())."""
@@ -173,7 +198,7 @@ class KafkaSource:
             self._consumer.incremental_unassign([TopicPartition(topic, partition)])
             self._consumer.incremental_assign([TopicPartition(topic, partition, offset)])
 
-        await run_blocking(reassign)
+        await self._change(reassign)
 
     async def read(self, max_records: int, timeout: float) -> list[Message]:
         """Up to ``max_records`` records; when none is ready, wait at most ``timeout`` seconds for one.
@@ -195,6 +220,9 @@ class KafkaSource:
             records = self._consumer.consume(max_records, timeout=0)
             if records or timeout <= 0:
                 return records
+            if self._changing:  # no wait in consume() while the assignment changes (see _change)
+                await asyncio.sleep(min(timeout, CHANGE_PAUSE_SECONDS))
+                return []
             self._waiting = wait_executor().submit(self._consumer.consume, 1, timeout)
             self._waited = asyncio.wrap_future(self._waiting)  # close() lets it finish: the handle must outlive it
         if timeout > 0 and not self._waited.done():

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from . import assignments
+from . import assignments, kafka
 from .access import ANONYMOUS, Principal
 from .assignments import Catalog
 from .conf import conf
@@ -56,7 +56,7 @@ class Service:
         self.limiter = ConnectionLimiter()
         self.consumers = ConsumerBudget(reader_factory)
         self.catalog = catalog
-        self.tail = LiveTail(reader_factory, catalog)
+        self.tail = LiveTail(reader_factory, catalog, kafka.settings_key)
         self.watch = ClusterWatch(catalog, self.tail.nudge)
         # Process-wide tasks (the registry publisher), started lazily: daphne sends no lifespan events.
         self.background: set[asyncio.Task[Any]] = set()

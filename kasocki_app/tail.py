@@ -17,8 +17,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Sequence
 from typing import Protocol
 
 from confluent_kafka import KafkaError as RdKafkaError
@@ -38,6 +39,8 @@ logger = logging.getLogger(__name__)
 # Records the pump takes from the shared reader per step.
 PUMP_BATCH = 2000
 PUMP_NAME = "kasocki-live-tail"
+# How librdkafka's error callback names the partition an error is about: "topic [partition]: ...".
+NAMED_PARTITION = re.compile(r"^(?P<topic>[^\s\[\]]+) \[(?P<partition>\d+)\]: ")
 # How often rings without readers are looked at.
 SWEEP_SECONDS = 1.0
 
@@ -61,10 +64,15 @@ class Listener(Protocol):
 class LiveTail:
     """Rings of the partitions read at the head, filled by one shared reader."""
 
-    def __init__(self, open_reader: ReaderFactory, catalog: Catalog) -> None:
+    def __init__(
+        self, open_reader: ReaderFactory, catalog: Catalog, reader_key: Callable[[], Hashable] = lambda: None
+    ) -> None:
         self.rings: dict[TopicPartition, Ring] = {}
         self._open_reader = open_reader
         self._catalog = catalog
+        # What the shared reader was made with (the Kafka settings): when it changes, a new one is made.
+        self._reader_key = reader_key
+        self._made_with: Hashable = None
         self._reader: Reader | None = None
         self._pump: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()  # opening rings and the reader, one at a time
@@ -87,8 +95,13 @@ class LiveTail:
             missing = sorted({tp for tp in partitions if tp not in self.rings})
             if not missing or self.closed:
                 return
+            key = self._reader_key()
+            if self._reader is not None and key != self._made_with:
+                await self._retire()
+                missing = sorted(set(partitions))
             if self._reader is None:
                 self._reader = await self._open_reader()
+                self._made_with = key
             marks = await self._catalog.watermarks(missing)
             starts = [Position(tp.topic, tp.partition, marks[tp][1]) for tp in missing]
             await self._reader.add(starts)
@@ -99,6 +112,17 @@ class LiveTail:
                 logger.info("live tail of %s opened at offset %d", position.tp, position.offset)
             if self._pump is None or self._pump.done():
                 self._pump = asyncio.get_running_loop().create_task(self._run(), name=PUMP_NAME)
+
+    async def _retire(self) -> None:
+        """Close every ring and the shared reader; the readers of the rings go on by themselves."""
+        logger.info("the Kafka settings changed: the live tail's reader is replaced")
+        rings, self.rings = self.rings, {}
+        reader, self._reader = self._reader, None
+        for tp, ring in rings.items():
+            for member in list(ring.members):
+                member.ring_closed(tp)
+        if reader is not None:
+            await reader.close()
 
     async def close(self) -> None:
         """Stop the pump and close the shared reader (the service's shutdown)."""
@@ -208,7 +232,13 @@ class LiveTail:
         self.rings.pop(tp, None)
 
     def _broadcast(self, error: KasockiError) -> None:
-        members = {member for ring in self.rings.values() for member in ring.members}
+        """An error of the shared reader, to the readers it concerns: of the partition it names, else all."""
+        named = NAMED_PARTITION.match(error.message)
+        if named is not None:
+            ring = self.rings.get(TopicPartition(named["topic"], int(named["partition"])))
+            members = set(ring.members) if ring is not None else set()  # a partition nobody reads: nobody
+        else:
+            members = {member for ring in self.rings.values() for member in ring.members}
         for member in members:
             member.tail_error(error)
 

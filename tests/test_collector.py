@@ -15,10 +15,12 @@ from kasocki_app.exceptions import KafkaError
 def service_of(*positions: dict[tuple[str, int], int]) -> Any:
     """A service whose connections are at ``positions`` (None: not subscribed)."""
     connections = {
-        f"sid-{i}": SimpleNamespace(assignments=None if p is None else [], positions=p or {})
+        f"sid-{i}": SimpleNamespace(
+            assignments=None if p is None else [], positions=p or {}, feed=SimpleNamespace(reader=None)
+        )
         for i, p in enumerate(positions)
     }
-    return SimpleNamespace(connections=connections)
+    return SimpleNamespace(connections=connections, tail=SimpleNamespace(counts=lambda: (0, 0, 0)))
 
 
 def gauges(service: Any) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -165,6 +165,7 @@ async def test_origin_check(asgi_server, settings, allowed, origin, accepted):
 
 
 async def test_consumers_per_process_are_limited(make_topic, allow, connect, settings):
+    settings.KASOCKI_LIVE_TAIL = False  # a consumer per subscribed connection (the tail's readers wait for one)
     topic = make_topic()
     allow(topic)
     settings.KASOCKI_MAX_CONSUMERS = ConsumerCounts.open + 1
@@ -178,14 +179,14 @@ async def test_consumers_per_process_are_limited(make_topic, allow, connect, set
 
 
 async def test_idle_connections_are_reaped(make_topic, allow, connect, settings):
-    settings.KASOCKI_IDLE_TIMEOUT = 1.0
+    settings.KASOCKI_IDLE_TIMEOUT = 3.0  # long enough for both to subscribe on a busy machine
     topic = make_topic()
     allow(topic)
     idle, streaming = await connect(), await connect()
     await idle.ok("subscribe", topic)
     await streaming.ok("subscribe", topic)
     await streaming.ok("start", None)
-    assert (await idle.next("err", timeout=5))["name"] == "IdleTimeoutError"
+    assert (await idle.next("err", timeout=10))["name"] == "IdleTimeoutError"
     await wait_until(lambda: not idle.sio.connected, what="idle client disconnected")
     assert streaming.sio.connected and streaming.pending("err") == []
 

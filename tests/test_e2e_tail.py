@@ -17,7 +17,7 @@ from confluent_kafka import ConsumerGroupTopicPartitions
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.client import LeanClient
-from kasocki_app.kafka import GROUP_ID
+from kasocki_app.kafka import GROUP_ID, ConsumerCounts
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -176,3 +176,18 @@ async def test_the_shared_reader_leaves_kafka_state_untouched(kafka, make_topic,
         assert described.members == []
     offsets = kafka.admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(GROUP_ID)])
     assert [tp for tp in offsets[GROUP_ID].result().topic_partitions if tp.offset >= 0] == []
+
+
+async def test_clients_at_the_head_share_the_live_tail_without_a_consumer_each(kafka, make_topic, allow, connect):
+    topic = make_topic()
+    allow(topic)
+    first = await connect()
+    await first.ok("subscribe", topic)  # opens the tail's ring (the shared reader may already exist)
+    before = ConsumerCounts.open
+    others = [await connect() for _ in range(5)]
+    for other in others:
+        await other.ok("subscribe", topic)
+    assert ConsumerCounts.open == before
+    kafka.produce(topic, [{"i": "shared"}])
+    for client in [first, *others]:
+        assert (await client.ok("consume", None))["i"] == "shared"

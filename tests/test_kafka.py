@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -10,6 +11,8 @@ from confluent_kafka import KafkaException
 
 from kasocki_app import kafka
 from kasocki_app.exceptions import KafkaError, TooManyConsumersError
+from kasocki_app.kafka import WAIT_MAX_SECONDS, KafkaSource
+from kasocki_app.types import Position
 
 
 def refusing(error: KafkaException) -> Any:
@@ -34,3 +37,27 @@ async def test_another_creation_failure_is_a_kafka_error_with_its_code(monkeypat
     with pytest.raises(KafkaError) as refused:
         await kafka.KafkaSource.create()
     assert refused.value.details["code"] == "_INVALID_ARG"
+
+
+async def test_partitions_are_added_while_a_read_waits_in_librdkafka(kafka, make_topic, settings):
+    # librdkafka holds an assignment change back while another thread waits in consume(): with
+    # reads waiting back to back (the live tail's pump), an incremental_assign never returned.
+    first, second = make_topic(), make_topic()
+    settings.KASOCKI_KAFKA_TIMEOUT = 2.0
+    source = await KafkaSource.create()
+    reading = True
+
+    async def read_back_to_back() -> None:
+        while reading:
+            await source.read(100, WAIT_MAX_SECONDS)
+
+    reads = asyncio.ensure_future(read_back_to_back())
+    try:
+        for topic in (first, second):
+            await source.add([Position(topic, 0, 0)])  # raises KafkaError after KASOCKI_KAFKA_TIMEOUT
+            await source.seek(Position(topic, 0, 0))
+            await source.remove([(topic, 0)])
+    finally:
+        reading = False
+        await reads
+        await source.close()
