@@ -13,7 +13,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from kasocki_app.connection import Connection
-from kasocki_app.exceptions import TooManyConsumersError
+from kasocki_app.exceptions import KafkaError, TooManyConsumersError
 from kasocki_app.feed import Feed
 from kasocki_app.tail import LiveTail
 from kasocki_app.tailing import TailReader
@@ -329,3 +329,24 @@ async def test_idle_clients_on_the_tail_look_at_the_cluster_only_when_it_changed
             assert [e["name"] for e in outbound.errors()] == ["TopicNotAvailableError"]
     finally:
         await watch.close()
+
+
+async def test_an_error_of_the_shared_reader_naming_a_partition_reaches_only_its_readers(clients, log):
+    log.create_topic("u")
+    on_t, t_out = clients.connect()
+    on_u, u_out = clients.connect()
+    await on_t.subscribe({"topic": "t", "partition": 0})
+    await on_u.subscribe({"topic": "u", "partition": 0})
+    await on_t.start(None)
+    await on_u.start(None)
+    await settle()
+    shared = clients.tail.reader
+    assert isinstance(shared, FakeReader)
+    shared.errors.append(KafkaError("u [0]: topic does not exist (Broker: Unknown topic or partition)", code="X"))
+    shared.errors.append(KafkaError("127.0.0.1:9092/bootstrap: Connection refused", code="_TRANSPORT"))
+    log.produce("t", numbered(1, 0))  # wakes the pump, which hands the errors out
+    log.produce("u", numbered(1, 0))
+    await u_out.until(lambda: len(u_out.errors()) == 2, "both errors at the reader of u")
+    await t_out.until(lambda: len(t_out.messages()) == 1, "the message of t")
+    await settle()
+    assert [e["code"] for e in t_out.errors()] == ["_TRANSPORT"]  # nothing about u
