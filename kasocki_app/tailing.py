@@ -96,22 +96,32 @@ class TailReader:
         taken = await self._take(max_records)
         if taken or timeout <= 0:
             return taken
-        await self._sync_private()
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self._behind or self._private is not None:
+            await self._sync_private()
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
         self._waiters.append(waiter)
         private = self._private if self._behind else None
-        read = asyncio.ensure_future(private.read(max_records, timeout)) if private is not None else None
+        if private is None:  # the common case, every reader on the tail: one future and one timer
+            timer = loop.call_later(timeout, _release, waiter)
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
+            return await self._take(max_records)
+        read = asyncio.ensure_future(private.read(max_records, timeout))
         try:
-            waits: set[asyncio.Future[Any]] = {waiter} if read is None else {waiter, read}
+            waits: set[asyncio.Future[Any]] = {waiter, read}
             await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         finally:
             with contextlib.suppress(ValueError):
                 self._waiters.remove(waiter)
-            if read is not None:
-                if not read.done():
-                    read.cancel()  # the private reader keeps what its wait brings, for the next read
-                    await asyncio.wait({read})
-                self._keep(read)  # also when this read is cancelled: what it brought is the next read's
+            if not read.done():
+                read.cancel()  # the private reader keeps what its wait brings, for the next read
+                await asyncio.wait({read})
+            self._keep(read)  # also when this read is cancelled: what it brought is the next read's
         return await self._take(max_records)
 
     def _keep(self, read: asyncio.Future[Sequence[Readable]]) -> None:
@@ -149,8 +159,7 @@ class TailReader:
     def wake(self) -> None:
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
+            _release(waiter)
 
     def tail_error(self, error: KasockiError) -> None:
         if isinstance(error, KafkaError) and len(self._errors) < 100:
@@ -212,20 +221,26 @@ class TailReader:
     async def _take(self, limit: int) -> list[Readable]:
         """What the rings and the private reader have at once, up to ``limit``; never suspends."""
         taken: list[Readable] = []
-        for tp, ring in list(self._on_tail.items()):
-            offset = self._next[tp]
+        positions = self._next
+        fallen: list[TopicPartition] = []
+        for tp, ring in self._on_tail.items():
+            offset = positions[tp]
+            if offset >= ring.high:
+                continue  # nothing new: the common case of a wake for another partition
             if not ring.holds(offset):
-                self._demote(tp)  # fell behind the ring's oldest record
+                fallen.append(tp)  # behind the ring's oldest record
                 continue
             entries: list[Entry] = ring.since(offset, limit - len(taken))
             if entries:
                 taken.extend(entries)
-                self._next[tp] = entries[-1].offset + 1
+                positions[tp] = entries[-1].offset + 1
                 if len(taken) >= limit:
                     break
+        for tp in fallen:
+            self._demote(tp)
         for tp in list(self._behind):  # caught up without a record: the ring reached back to it
             found = self._tail.find(tp)
-            if found is not None and found.holds(self._next[tp]):
+            if found is not None and found.holds(positions[tp]):
                 self._hand_over(tp, found)
         if self._carried and len(taken) < limit:
             room = limit - len(taken)
@@ -303,3 +318,8 @@ class TailReader:
             if added:
                 await self._private.add(added)
                 self._private_has.update(p.tp for p in added)
+
+
+def _release(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
