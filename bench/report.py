@@ -16,6 +16,7 @@ FIGURES: list[tuple[str, str, str, str]] = [
     ("ceiling_socketio_emit", "2b", "  same, through AsyncServer.emit()", "msg/s"),
     ("consume_1", "3a", "consume acks, 1 in flight", "msg/s"),
     ("consume_8", "3b", "consume acks, 8 in flight", "msg/s"),
+    ("consume_1_daphne", "3c", "consume acks, 1 in flight, daphne", "msg/s"),
     ("start_uvicorn", "4a", "start/message, uvicorn", "msg/s"),
     ("start_daphne", "4b", "start/message, daphne", "msg/s"),
     ("batch_500", "5", 'start({"batch": 500})', "msg/s"),
@@ -73,6 +74,8 @@ TARGETS = [
     Target("start_daphne", "start/message (daphne) >= 12,000 msg/s", "rate", ">=", 12_000),
     Target("consume_1", "consume acks, 1 in flight >= 2,400 msg/s", "rate", ">=", 2_400),
     Target("consume_8", "consume acks, 8 in flight >= 2,400 msg/s", "rate", ">=", 2_400),
+    Target("consume_1", "consume acks, 1 in flight (uvicorn) >= 5,000 msg/s", "rate", ">=", 5_000),
+    Target("consume_1_daphne", "consume acks, 1 in flight (daphne) >= 5,000 msg/s", "rate", ">=", 5_000),
     Target("batch_500", "batch >= 100,000 msg/s", "rate", ">=", 100_000),
     Target("batch_500", "batch >= 0.5 x ceiling K", "rate", ">=", lambda f: 0.5 * f["ceiling_kafka"]["value"]),
     Target("filtered_scan", "filtered scan >= 150,000 msg/s", "rate", ">=", 150_000),
@@ -141,7 +144,7 @@ def detail(key: str, fig: dict[str, Any], figures: dict[str, Any]) -> str:
             return f"{fig['value'] / base:.2f} x {'K' if ceiling == 'ceiling_kafka' else 'S'}; "
         return ""
 
-    if key in ("start_uvicorn", "start_daphne"):
+    if key in ("start_uvicorn", "start_daphne", "consume_1", "consume_8", "consume_1_daphne"):
         return ratio("ceiling_socketio") + cpu
     if key == "batch_500":
         return ratio("ceiling_kafka") + cpu

@@ -334,6 +334,21 @@ class Bench:
                     )
                     self.figures[key] = report.figure(key, rounds, "rate", in_flight=in_flight)
 
+        if self.wanted("consume_1_daphne"):
+            with self.measuring("consume_1_daphne"):
+                daphne = self.server("daphne-consume", kind="daphne")
+                try:
+                    rounds = self.rounds(
+                        lambda: arun(
+                            workloads.consume_acks(
+                                daphne.url, self.data_topic, plan.partitions, plan.consume_1, plan.cap, 1, daphne.pid
+                            )
+                        )
+                    )
+                    self.figures["consume_1_daphne"] = report.figure("consume_1_daphne", rounds, "rate", in_flight=1)
+                finally:
+                    self.stop_server(daphne)
+
         if self.wanted("start_uvicorn"):
             with self.measuring("start_uvicorn"):
                 self.figures["start_uvicorn"] = self.stream_figure("start_uvicorn", self.main_server(), None)

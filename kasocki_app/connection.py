@@ -170,7 +170,8 @@ class Connection:
         Waiting consume calls are served in arrival order before a running stream takes
         anything (the original's "a consume takes the next message itself").
         """
-        await self._require_subscribed()
+        if self._subscribing or self.feed.assigned is None:
+            await self._require_subscribed()
         return await self.feed.consume()
 
     async def start(self, arg: Any) -> None:

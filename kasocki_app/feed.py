@@ -124,9 +124,26 @@ class Feed:
 
     async def consume(self) -> Delivered:
         """The next passing message, waiting for one; served before the stream takes anything."""
+        first = False
+        if not self.waiters:  # nobody is before this call: the next message is its own, when there is one
+            taken = await self.take(1)  # never suspends
+            if taken:
+                try:
+                    await self.after_take("consume")
+                except BaseException:
+                    self.pipeline.give_back(taken)  # never answered: keep it
+                    raise
+                topic, message = taken[0]
+                if topic not in self.pipeline.gone:
+                    self.count_delivered(1)
+                    return message
+                first = True  # its topic left meanwhile: wait for another, before calls that came since
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[Taken] = loop.create_future()
-        self.waiters.append(waiter)
+        if first:
+            self.waiters.appendleft(waiter)
+        else:
+            self.waiters.append(waiter)
         try:
             while True:
                 await self.serve_waiters()

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import socketio
@@ -31,11 +32,19 @@ class KasockiNamespace(socketio.AsyncNamespace):  # type: ignore[misc]  # python
     def __init__(self, service: Service, namespace: str = "/") -> None:
         super().__init__(namespace)
         self.service = service
+        # Bound once: python-socketio's dispatch looks a handler up by name and inspects it on every event.
+        self._client_handlers: dict[str, Callable[..., Awaitable[Ack | None]]] = {
+            event: getattr(self, f"on_{event}") for event in CLIENT_EVENTS
+        }
 
     async def trigger_event(self, event: Any, *args: Any) -> Any:
         if isinstance(event, str):
-            if event in CLIENT_EVENTS:
-                return await super().trigger_event(event, *args)
+            handler = self._client_handlers.get(event)
+            if handler is not None:
+                try:
+                    return await handler(*args)
+                except asyncio.CancelledError:  # as python-socketio's dispatch: cut short by close(), no answer
+                    return None
             if event in LIFECYCLE_EVENTS and not self.server.manager.is_connected(args[0], self.namespace):
                 return await super().trigger_event(event, *args)
         try:
@@ -79,13 +88,13 @@ class KasockiNamespace(socketio.AsyncNamespace):  # type: ignore[misc]  # python
         return await self._handle(sid, "filter", lambda c: c.set_filter(_one_arg("filter", args)))
 
     async def on_consume(self, sid: str, *args: Any) -> Ack | None:
-        return await self._handle(sid, "consume", lambda c: c.consume())
+        return await self._handle(sid, "consume", Connection.consume)
 
     async def on_start(self, sid: str, *args: Any) -> Ack | None:
         return await self._handle(sid, "start", lambda c: c.start(_one_arg("start", args)))
 
     async def on_stop(self, sid: str, *args: Any) -> Ack | None:
-        return await self._handle(sid, "stop", lambda c: c.stop())
+        return await self._handle(sid, "stop", Connection.stop)
 
     async def _handle(self, sid: str, event: str, action: Callable[[Connection], Any]) -> Ack | None:
         """Run ``action``; a failure becomes the ack's error and an ``err`` event."""

@@ -16,12 +16,14 @@ from typing import Any
 import engineio
 from engineio.async_socket import AsyncSocket
 
+from .websocket import WebSocketSession
+
 # python-engineio's client limit (engineio.payload.Payload.max_decode_packets).
 MAX_PACKETS_PER_POLL = 16
 
 
-class CappedPollSocket(AsyncSocket):  # type: ignore[misc]  # python-engineio ships no type information
-    """An engine.io session whose polls return at most MAX_PACKETS_PER_POLL packets."""
+class CappedPollSocket(WebSocketSession):
+    """An engine.io session whose polls return at most MAX_PACKETS_PER_POLL packets (and see websocket.py)."""
 
     carried: list[Any]
 

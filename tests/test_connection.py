@@ -179,6 +179,21 @@ async def test_requests_in_flight_are_limited(log, connection, settings):
     assert not any(w.done() for w in waiting)
 
 
+async def test_a_consume_cancelled_after_taking_its_message_gives_it_back(log, connection):
+    log.create_topic("t")
+    log.produce("t", [{"i": i} for i in range(2)])
+    await connection.subscribe({"topic": "t", "partition": 0, "offset": 0})
+    log.answering = asyncio.Event()  # the cluster check after the take does not answer yet
+    asked = log.asked
+    consume = emit(connection, "consume")
+    await log.questions.until(lambda: log.asked > asked, "the consume following the cluster")
+    consume.cancel()  # the client left
+    with pytest.raises(asyncio.CancelledError):
+        await consume
+    log.answering.set()
+    assert offsets_of([await connection.consume(), await connection.consume()]) == [("t", 0, 0), ("t", 0, 1)]
+
+
 async def subscribing(log: FakeLog, connection: Connection, outbound: FakeOutbound) -> None:
     log.opening = asyncio.Event()  # the reader is never ready
     emit(connection, "subscribe", "t")

@@ -1,0 +1,134 @@
+"""engine.io's websocket transport without a task of its own per packet.
+
+python-engineio (4.x) waits for each packet a client sends in a new task under
+``asyncio.wait_for``, and for each packet to send under ``wait_for`` too, which wraps
+the wait in another task: per request and answer, two tasks and four more trips
+through the event loop than the waits need, about as much as the ``consume`` behind
+the request. ``WebSocketSession`` is engine.io's transport loop with the same
+behaviour, waiting in the connection's own reader and writer tasks under the same
+timeouts (``asyncio.timeout``): a client silent for ping_interval + ping_timeout, a
+packet over the size limit or a closed websocket ends the session as before, and the
+upgrade from long-polling is engine.io's handshake.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from engineio import exceptions, packet
+from engineio.async_socket import AsyncSocket
+
+
+class WebSocketSession(AsyncSocket):  # type: ignore[misc]  # python-engineio ships no type information
+    """An engine.io session whose websocket reader and writer wait without a task per packet."""
+
+    connected: bool
+    upgrading: bool
+    upgraded: bool
+
+    async def poll(self) -> list[Any]:
+        """The packets queued for the client, waiting for a first one (engine.io's poll, without wait_for)."""
+        queue = self.queue
+        if queue.empty():
+            try:
+                async with asyncio.timeout(self.server.ping_interval + self.server.ping_timeout):
+                    first = await queue.get()
+            except (TimeoutError, asyncio.CancelledError):
+                raise exceptions.QueueEmpty() from None
+        else:
+            first = queue.get_nowait()
+        queue.task_done()
+        if first is None:
+            return []
+        packets = [first]
+        while not queue.empty():
+            pkt = queue.get_nowait()
+            queue.task_done()
+            if pkt is None:
+                queue.put_nowait(None)  # the end, for the next poll
+                break
+            packets.append(pkt)
+        return packets
+
+    async def _websocket_handler(self, ws: Any) -> None:
+        if self.connected:  # an upgrade from long-polling
+            if not await self._upgrade(ws):
+                return
+        else:
+            self.connected = True
+            self.upgraded = True
+        writer = asyncio.ensure_future(self._write(ws))
+        self.server.logger.info("%s: Upgrade to websocket successful", self.sid)
+        timeout = self.server.ping_interval + self.server.ping_timeout
+        while True:
+            try:
+                async with asyncio.timeout(timeout):
+                    data = await self._wait(ws)
+            except BaseException:  # closed, too large, silent too long or cancelled: ends, as engine.io's loop
+                break
+            if data is None:  # closed by the client
+                break
+            try:
+                await self.receive(packet.Packet(encoded_packet=data))
+            except exceptions.UnknownPacketError:
+                pass
+            except exceptions.SocketIsClosedError:
+                self.server.logger.info("Receive error -- socket is closed")
+                break
+            except BaseException:  # as engine.io's loop: log it and read on
+                self.server.logger.exception("Unknown receive error")
+        await self.queue.put(None)  # the writer ends after what is queued
+        await writer
+        await self.close(wait=False, abort=True, reason=self.server.reason.TRANSPORT_CLOSE)
+
+    async def _wait(self, ws: Any) -> Any:
+        data = await ws.wait()
+        if data and len(data) > self.server.max_http_buffer_size:
+            raise ValueError("packet is too large")
+        return data
+
+    async def _write(self, ws: Any) -> None:
+        while True:
+            try:
+                packets = await self.poll()
+            except exceptions.QueueEmpty:
+                break
+            if not packets:  # closing
+                break
+            try:
+                for pkt in packets:
+                    await ws.send(pkt.encode())
+            except BaseException:  # as engine.io's writer: a failed send ends it
+                break
+        await ws.close()
+
+    async def _upgrade(self, ws: Any) -> bool:
+        """engine.io's upgrade handshake on the new websocket (probe, answer, upgrade); False when it failed."""
+        self.upgrading = True  # hold packet sends during the upgrade
+        try:
+            data = await self._wait(ws)
+        except OSError:
+            return False
+        probe = packet.Packet(encoded_packet=data)
+        if probe.packet_type != packet.PING or probe.data != "probe":
+            self.server.logger.info("%s: Failed websocket upgrade, no PING packet", self.sid)
+            self.upgrading = False
+            return False
+        await ws.send(packet.Packet(packet.PONG, data="probe").encode())
+        await self.queue.put(packet.Packet(packet.NOOP))  # end the poll in progress
+        try:
+            data = await self._wait(ws)
+        except OSError:
+            self.upgrading = False
+            return False
+        if packet.Packet(encoded_packet=data).packet_type != packet.UPGRADE:
+            self.upgraded = False
+            self.server.logger.info(
+                "%s: Failed websocket upgrade, expected UPGRADE packet, received %s instead.", self.sid, data
+            )
+            self.upgrading = False
+            return False
+        self.upgraded = True
+        self.upgrading = False
+        return True
