@@ -57,11 +57,15 @@ def run(bench: Run, plan: ScalePlan, topics: dict[str, str], arun: Arun) -> None
     fan = [key for key in FAN_KEYS if bench.wanted(key)]
     if fan:
         with bench.measuring(*fan):
-            search = plan.fan_search_seconds if "scale_fan_in_max" in fan else 0.0
-            levels = list(plan.fan_levels)
+            searching = "scale_fan_in_max" in fan
+            # The search starts from the levels' results, so it measures them all.
+            chosen = [(key, n) for key, n in zip(LEVEL_KEYS, plan.fan_levels, strict=True) if searching or key in fan]
+            search = plan.fan_search_seconds if searching else 0.0
+            levels = [n for _key, n in chosen]
             result = arun(scale.run_levels(bench, plan, topics["scale"], None, levels, search))
-            for index, (key, n) in enumerate(zip(LEVEL_KEYS, levels, strict=True)):
-                title = f"fan-in, one topic, {n:,} clients (p99)" if index == 0 else f"  same, {n:,} clients (p99)"
+            for key, n in chosen:
+                first = key == LEVEL_KEYS[0]
+                title = f"fan-in, one topic, {n:,} clients (p99)" if first else f"  same, {n:,} clients (p99)"
                 bench.figures[key] = scale.level_figure(
                     key, result["measured"][n], title, idle_server=result["idle_server"]
                 )

@@ -87,6 +87,8 @@ class Worker:
         client = await LeanClient.connect(self.url, timeout=timeout, source=self.source)
         try:
             await client.next_event("ready", timeout=timeout)
+            if command.get("subscribe") is None:  # connected only
+                return Tracked(client, self.partitions)
             await client.ok("subscribe", command["subscribe"], timeout=timeout)
             if command.get("filter") is not None:
                 await client.ok("filter", command["filter"], timeout=timeout)
