@@ -45,7 +45,7 @@ class ScalePlan:
     fan_window: float
     fan_drain: float  # seconds the clients get to receive the last records after the producer stops
     fan_search_seconds: float  # time bound of the search above the top level
-    fan_open_timeout: float  # for one level's ramp
+    fan_ramp: float  # seconds, at most, to open one level's clients
     tail_off_clients: int
     idle_clients: int
     idle_cpu_clients: int
@@ -60,25 +60,26 @@ class ScalePlan:
     group_filters: int
     group_rate: float
     group_window: float
+    group_ramp: float  # seconds, at most, to open the clients of all filters
     backlog_records: int
 
 
 FULL_SCALE = ScalePlan(
     fan_levels=(1000, 3000, 10_000), fan_rate=2.0, fan_processes=8, fan_concurrency=25,
-    fan_warmup=3.0, fan_window=15.0, fan_drain=10.0, fan_search_seconds=360.0, fan_open_timeout=600.0,
+    fan_warmup=3.0, fan_window=15.0, fan_drain=10.0, fan_search_seconds=360.0, fan_ramp=300.0,
     tail_off_clients=1000,
     idle_clients=10_000, idle_cpu_clients=1000, idle_cpu_seconds=20.0,
     storm_clients=1000, storm_behind=1250, storm_rate=20.0, storm_cap=300.0,
-    group_clients=2000, group_filters=20, group_rate=500.0, group_window=15.0,
+    group_clients=2000, group_filters=20, group_rate=500.0, group_window=15.0, group_ramp=180.0,
     backlog_records=60_000,
 )  # fmt: skip
 QUICK_SCALE = ScalePlan(
     fan_levels=(50, 100, 200), fan_rate=2.0, fan_processes=2, fan_concurrency=20,
-    fan_warmup=1.0, fan_window=4.0, fan_drain=5.0, fan_search_seconds=30.0, fan_open_timeout=60.0,
+    fan_warmup=1.0, fan_window=4.0, fan_drain=5.0, fan_search_seconds=30.0, fan_ramp=60.0,
     tail_off_clients=200,
     idle_clients=200, idle_cpu_clients=100, idle_cpu_seconds=5.0,
     storm_clients=100, storm_behind=250, storm_rate=20.0, storm_cap=60.0,
-    group_clients=200, group_filters=20, group_rate=200.0, group_window=4.0,
+    group_clients=200, group_filters=20, group_rate=200.0, group_window=4.0, group_ramp=30.0,
     backlog_records=20_000,
 )  # fmt: skip
 LEVEL_KEYS = ("scale_fan_in_1", "scale_fan_in_2", "scale_fan_in_3")
@@ -156,7 +157,7 @@ class FanIn:
             before = self.swarm.clients
             ramp = await self.swarm.open(
                 clients,
-                timeout=plan.fan_open_timeout,
+                ramp=plan.fan_ramp,
                 subscribe=self.topic,
                 concurrency=concurrency or plan.fan_concurrency,
             )

@@ -54,7 +54,9 @@ async def idle(host: Host, plan: ScalePlan, topic: str) -> dict[str, Any]:
         warm = await swarm.open(1, subscribe=topic)
         await asyncio.sleep(2.0)
         before = stats.sample(connections=True)
-        few = await swarm.open(1 + plan.idle_cpu_clients, subscribe=topic, concurrency=plan.fan_concurrency)
+        few = await swarm.open(
+            1 + plan.idle_cpu_clients, subscribe=topic, concurrency=plan.fan_concurrency, ramp=plan.fan_ramp
+        )
         host.log(f"  {swarm.clients - 1:,} idle clients: {few}")
         await asyncio.sleep(3.0)
         cpu, began = stats.cpu(), time.perf_counter()
@@ -62,7 +64,7 @@ async def idle(host: Host, plan: ScalePlan, topic: str) -> dict[str, Any]:
         cpu_few = (stats.cpu() - cpu) / (time.perf_counter() - began)
         few_clients = swarm.clients - 1
         many = await swarm.open(
-            1 + plan.idle_clients, subscribe=topic, concurrency=plan.fan_concurrency, timeout=plan.fan_open_timeout
+            1 + plan.idle_clients, subscribe=topic, concurrency=plan.fan_concurrency, ramp=plan.fan_ramp
         )
         host.log(f"  {swarm.clients - 1:,} idle clients: {many}")
         await asyncio.sleep(5.0)
@@ -109,14 +111,16 @@ async def storm(host: Host, plan: ScalePlan, topic: str) -> dict[str, Any]:
         began = time.monotonic()
         subscribe = [{"topic": topic, "partition": p, "offset": o} for p, o in enumerate(offsets)]
         opening = asyncio.create_task(
-            swarm.open(plan.storm_clients, subscribe=subscribe, concurrency=plan.storm_clients, timeout=plan.storm_cap)
+            swarm.open(plan.storm_clients, plan.storm_cap, subscribe=subscribe, concurrency=plan.storm_clients)
         )
         peak_threads = peak_consumers = peak_catchup = 0.0
         opened_at = caught_up_at = handed_over_at = math.nan
         caught_up = 0
         metrics: dict[str, float] = {}
+        seen: set[str] = set()  # the metrics the server publishes (a scrape may fail under load)
         while time.monotonic() - began < plan.storm_cap:
-            metrics = await ascrape(server.url)
+            metrics = await ascrape(server.url) or metrics  # keep the last answer when a scrape fails
+            seen.update(name for name in (CONSUMERS, CATCHUP_READERS, HANDOVERS) if name in metrics)
             peak_threads = max(peak_threads, stats.sample().threads)
             peak_consumers = max(peak_consumers, metrics.get(CONSUMERS, 0.0))
             peak_catchup = max(peak_catchup, metrics.get(CATCHUP_READERS, 0.0))
@@ -128,7 +132,7 @@ async def storm(host: Host, plan: ScalePlan, topic: str) -> dict[str, Any]:
                 caught_up = await swarm.caught_up(log_ends())
                 if math.isnan(caught_up_at) and caught_up >= swarm.clients:
                     caught_up_at = time.monotonic() - began
-                tail_known = CATCHUP_READERS in metrics
+                tail_known = CATCHUP_READERS in seen
                 if not math.isnan(caught_up_at) and (not math.isnan(handed_over_at) or not tail_known):
                     break
             await asyncio.sleep(0.5)
@@ -151,6 +155,7 @@ async def storm(host: Host, plan: ScalePlan, topic: str) -> dict[str, Any]:
                     "clients_with_gaps",
                     "clients_with_disorder",
                     "disconnected",
+                    "behind",
                 )
             },
             "wanted": plan.storm_clients,
@@ -161,8 +166,8 @@ async def storm(host: Host, plan: ScalePlan, topic: str) -> dict[str, Any]:
             "handover_seconds": round(handed_over_at, 1),
             "handovers": _delta(metrics, before, HANDOVERS),
             "catchup_readers_end": metrics.get(CATCHUP_READERS, math.nan),
-            "peak_catchup_readers": peak_catchup if CATCHUP_READERS in metrics else math.nan,
-            "peak_consumers": peak_consumers if CONSUMERS in metrics else math.nan,
+            "peak_catchup_readers": peak_catchup if CATCHUP_READERS in seen else math.nan,
+            "peak_consumers": peak_consumers if CONSUMERS in seen else math.nan,
             "peak_threads": peak_threads,
             "drain_seconds": waited,
             "drained": drained,
@@ -188,10 +193,19 @@ async def groups(host: Host, plan: ScalePlan, topic: str) -> dict[str, Any]:
     producer = host.producer(topic, PARTITIONS, plan.group_rate, 3600)
     try:
         ramps = []
+        deadline = time.monotonic() + plan.group_ramp
         for k in range(plan.group_filters):
+            if time.monotonic() > deadline:
+                break
             total = plan.group_clients * (k + 1) // plan.group_filters
             ramps.append(
-                await swarm.open(total, subscribe=topic, filter={"bucket": k}, concurrency=plan.fan_concurrency)
+                await swarm.open(
+                    total,
+                    max(1.0, deadline - time.monotonic()),
+                    subscribe=topic,
+                    filter={"bucket": k},
+                    concurrency=plan.fan_concurrency,
+                )
             )
         host.log(f"  {swarm.clients:,} clients in {plan.group_filters} filters, last ramp {ramps[-1]}")
         await asyncio.sleep(3.0)

@@ -100,8 +100,11 @@ class Swarm:
         """CPU seconds used by all client processes so far (as of their last replies)."""
         return sum(self.cpu)
 
-    async def open(self, total: int, timeout: float = 600, **command: Any) -> dict[str, Any]:
-        """Open clients until ``total`` are open, shared evenly; ``command``: subscribe, filter, start, ..."""
+    async def open(self, total: int, ramp: float = 300, timeout: float = 60, **command: Any) -> dict[str, Any]:
+        """Open clients until ``total`` are open, shared evenly; ``command``: subscribe, filter, start, ...
+
+        No new attempt starts after ``ramp`` seconds; each attempt is bounded by ``timeout``.
+        """
         shares = [0] * len(self.processes)
         wanted = max(0, total - self.clients)
         for _ in range(wanted):  # to the process with the fewest clients, so the load stays even
@@ -109,7 +112,13 @@ class Swarm:
             shares[index] += 1
         began = time.perf_counter()
         replies = await asyncio.gather(
-            *(self._call(i, {"op": "open", "count": n, **command}, timeout) for i, n in enumerate(shares) if n)
+            *(
+                self._call(
+                    i, {"op": "open", "count": n, "ramp": ramp, "timeout": timeout, **command}, ramp + timeout + 60
+                )
+                for i, n in enumerate(shares)
+                if n
+            )
         )
         failures = [f for r in replies for f in r["failures"]]
         return {
@@ -172,6 +181,7 @@ class Swarm:
                 lost_total=sum(lost),
                 clients_losing=sum(1 for n in lost if n > 0),
                 inexact=sum(r["inexact"] for r in replies),
+                behind=sum(r["behind"] for r in replies),
                 inexact_examples=[e for r in replies for e in r["inexact_examples"]][:3],
             )
         return merged
