@@ -226,6 +226,7 @@ def scale_detail(key: str, fig: dict[str, Any], m: dict[str, Any]) -> str:
         return (
             f"{_num(m.get('clients'))} of {_num(fig.get('wanted_clients'))} clients, "
             f"p50 {_num(m.get('p50_ms'), 1)} ms, "
+            f"received {_num(m.get('received_min'))}-{_num(m.get('received_max'))} of {_num(m.get('records'))} each, "
             f"lost/client max {_num(m.get('lost_max'))} (total {_num(m.get('lost_total'))}), "
             f"RSS {_num(m.get('rss_mb'))} MB, {_num(m.get('threads'))} threads, "
             f"{_num(m.get('broker_connections'))} broker conns, consumers {_na(m.get('consumers'))}, {_cpu(m)}"
