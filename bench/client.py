@@ -75,15 +75,19 @@ class LeanClient(asyncio.Protocol):
     # --- connecting -----------------------------------------------------------
 
     @classmethod
-    async def connect(cls, base_url: str, *, timeout: float = 10.0) -> LeanClient:
-        """Open the websocket and connect the ``/`` namespace (after engine.io's open packet)."""
+    async def connect(cls, base_url: str, *, timeout: float = 10.0, source: str | None = None) -> LeanClient:
+        """Open the websocket and connect the ``/`` namespace (after engine.io's open packet).
+
+        ``source``: the local address to connect from (e.g. ``127.0.0.2``), each with its own port range.
+        """
         url = websocket_url(base_url)
         client = cls(url)
         uri = parse_uri(url)
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(timeout):
-                await loop.create_connection(lambda: client, uri.host, uri.port)
+                local = (source, 0) if source else None
+                await loop.create_connection(lambda: client, uri.host, uri.port, local_addr=local)
                 await asyncio.shield(client._upgraded)
                 await asyncio.shield(client._connected)
         except BaseException:

@@ -25,8 +25,24 @@ FIGURES: list[tuple[str, str, str, str]] = [
     ("fan_in", "8", "fan-in: many clients, one process (p99)", "ms"),
     ("connect_storm", "9", "connect + ready + subscribe, 100 at once (p99)", "ms"),
     ("slow_client", "10", "slow client: server RSS growth", "MB"),
+    ("scale_fan_in_1", "11a", "fan-in, one topic, level 1 (p99)", "ms"),
+    ("scale_fan_in_2", "11b", "  same, level 2 (p99)", "ms"),
+    ("scale_fan_in_3", "11c", "  same, level 3 (p99)", "ms"),
+    ("scale_fan_in_max", "11d", "  largest N holding p99 <= 1 s, no loss", "conns"),
+    ("scale_fan_in_tail_off", "11e", "  same as 11a, KASOCKI_LIVE_TAIL=False (p99)", "ms"),
+    ("idle_memory", "12a", "idle: server RSS per started connection", "KB"),
+    ("idle_cpu", "12b", "idle: server CPU per 1,000 started clients", "core"),
+    ("catchup_storm", "13", "catch-up storm: until the last handover", "s"),
+    ("filter_groups", "14", "filter groups: 20 filters (p99)", "ms"),
+    ("full_reader", "15", "full-speed reader: server peak RSS growth", "MB"),
 ]
+# Figure groups for --only: the heavy scale figures can be left out with --only core.
+GROUPS = {
+    "core": ["1", "1b", "2", "2b", "3a", "3b", "4a", "4b", "5", "6", "7", "8", "9", "10"],
+    "scale": ["11a", "11b", "11c", "11d", "11e", "12a", "12b", "13", "14", "15"],
+}
 FAN_IN_CLIENTS = 1000  # what the fan-in targets are about
+BACKLOG_CAP_MB = 8.0  # KASOCKI_MAX_BACKLOG_BYTES's default, in MiB
 TITLES = {key: (number, title, unit) for key, number, title, unit in FIGURES}
 
 
@@ -63,6 +79,16 @@ class Target:
     metric: str
     op: str  # ">=" or "<="
     limit: float | Callable[[dict[str, Any]], float]
+    clients: int = 0  # the figure is partial when measured with fewer clients than this
+
+
+def _scale(key: str, clients: int, what: str) -> list[Target]:
+    """The fan-in-at-scale targets that hold whatever the number of clients, plus no loss."""
+    return [
+        Target(key, f"{clients:,} clients: {what}threads <= 64", "threads", "<=", 64, clients),
+        Target(key, f"{clients:,} clients: {what}broker connections <= 8", "broker_connections", "<=", 8, clients),
+        Target(key, f"{clients:,} clients: {what}messages lost per client = 0", "lost_max", "<=", 0, clients),
+    ]
 
 
 TARGETS = [
@@ -83,6 +109,20 @@ TARGETS = [
     Target("fan_in", "1,000 clients: p99 <= 500 ms", "p99_ms", "<=", 500),
     Target("fan_in", "1,000 clients: server RSS <= 1.5 GB", "rss_mb", "<=", 1536),
     Target("slow_client", "slow client: RSS growth <= 50 MB", "growth_mb", "<=", 50),
+    Target("slow_client", "slow client: RSS growth <= backlog cap + 10 MB", "growth_mb", "<=", BACKLOG_CAP_MB + 10),
+    *_scale("scale_fan_in_1", 1000, ""),
+    *_scale("scale_fan_in_2", 3000, ""),
+    Target("scale_fan_in_3", "10,000 clients: p99 <= 250 ms", "p99_ms", "<=", 250, 10_000),
+    Target("scale_fan_in_3", "10,000 clients: server RSS <= 1.5 GB", "rss_mb", "<=", 1536, 10_000),
+    *_scale("scale_fan_in_3", 10_000, ""),
+    Target("idle_memory", "10,000 idle connections: <= 60 KB each", "rss_per_connection_kb", "<=", 60, 10_000),
+    Target("idle_cpu", "1,000 idle clients: <= 0.05 core", "cpu_per_1000", "<=", 0.05, 1000),
+    Target("catchup_storm", "storm: clients with a gap, loss or duplicate = 0", "inexact", "<=", 0, 1000),
+    Target("catchup_storm", "storm: every client reached the log end", "behind", "<=", 0, 1000),
+    Target("catchup_storm", "storm: all handed over (catch-up readers left = 0)", "catchup_readers_end", "<=", 0, 1000),
+    Target("filter_groups", "filter groups: p99 <= 250 ms", "p99_ms", "<=", 250, 2000),
+    Target("filter_groups", "filter groups: evaluations per record <= 20", "evaluations_per_record", "<=", 20, 2000),
+    Target("full_reader", "full-speed reader: peak RSS growth <= 40 MB", "peak_growth_mb", "<=", 40),
 ]  # fmt: skip
 
 
@@ -96,16 +136,17 @@ def evaluate(figures: dict[str, Any]) -> list[dict[str, Any]]:
             limit = float(target.limit(figures) if callable(target.limit) else target.limit)
         except (KeyError, TypeError, ValueError):
             value = limit = math.nan
-        if math.isnan(value) or math.isnan(limit) or limit <= 0:
+        if math.isnan(value) or math.isnan(limit) or limit < 0 or (limit == 0 and target.op == ">="):
             entry.update(value=value, limit=limit, status="n/a", ratio=math.nan)
         else:
             passed = value >= limit if target.op == ">=" else value <= limit
-            entry.update(value=value, limit=limit, status="pass" if passed else "miss", ratio=value / limit)
+            ratio = value / limit if limit else math.nan
+            entry.update(value=value, limit=limit, status="pass" if passed else "miss", ratio=ratio)
             partial = figures[target.key].get("partial")
-            if target.key == "fan_in" and figures[target.key].get("clients", 0) < FAN_IN_CLIENTS:
-                partial = (
-                    partial or f"measured with {figures[target.key].get('clients')} clients, not {FAN_IN_CLIENTS:,}"
-                )
+            clients = FAN_IN_CLIENTS if target.key == "fan_in" else target.clients
+            measured = figures[target.key].get("clients", 0)
+            if clients and measured < clients:
+                partial = partial or f"measured with {measured:,} clients, not {clients:,}"
             if partial:
                 entry["status"] += " (partial)"
                 entry["note"] = partial
@@ -174,7 +215,60 @@ def detail(key: str, fig: dict[str, Any], figures: dict[str, Any]) -> str:
             f"after {_num(m.get('seconds'))} s, from a {_num(m.get('baseline_rss_mb'))} MB baseline; "
             f"still growing {_num(m.get('late_growth_mb_per_s'), 1)} MB/s at the end"
         )
-    return cpu
+    return scale_detail(key, fig, m) or cpu
+
+
+def _na(value: Any, digits: int = 0) -> str:
+    """A figure, or n/a where the server does not publish what it is computed from."""
+    text = _num(value, digits)
+    return "n/a" if text == "-" else text
+
+
+def scale_detail(key: str, fig: dict[str, Any], m: dict[str, Any]) -> str:
+    if key.startswith("scale_fan_in") and key != "scale_fan_in_max":
+        return (
+            f"{_num(m.get('clients'))} of {_num(fig.get('wanted_clients'))} clients, "
+            f"p50 {_num(m.get('p50_ms'), 1)} ms, "
+            f"received {_num(m.get('received_min'))}-{_num(m.get('received_max'))} of {_num(m.get('records'))} each, "
+            f"lost/client max {_num(m.get('lost_max'))} (total {_num(m.get('lost_total'))}), "
+            f"RSS {_num(m.get('rss_mb'))} MB, {_num(m.get('threads'))} threads, "
+            f"{_num(m.get('broker_connections'))} broker conns, consumers {_na(m.get('consumers'))}, {_cpu(m)}"
+        )
+    if key == "scale_fan_in_max":
+        return (
+            f"holds at {_num(fig.get('largest_holding'))}, fails at {_num(fig.get('smallest_failing'))}; "
+            f"searched {fig.get('steps')}, cap {_num(fig.get('cap'))} (open files)"
+        )
+    if key == "idle_memory":
+        return (
+            f"{_num(m.get('clients'))} clients, "
+            f"RSS {_num(m.get('rss_before_mb'))} -> {_num(m.get('rss_after_mb'))} MB, "
+            f"{_num(m.get('threads'))} threads, {_num(m.get('broker_connections'))} broker conns, "
+            f"server CPU {_num(m.get('server_cpu_all'), 2)} core at that count"
+        )
+    if key == "idle_cpu":
+        return f"{_num(m.get('cpu_clients'))} clients: server CPU {_num(m.get('server_cpu'), 3)} core"
+    if key == "catchup_storm":
+        return (
+            f"{_num(m.get('clients'))} clients x {_num(m.get('records_per_client'))} records, "
+            f"{_num(m.get('inexact'))} not exact, {_num(m.get('behind'))} short of the end; "
+            f"started {_num(m.get('opened_seconds'), 1)} s, all at head {_num(m.get('caught_up_seconds'), 1)} s; "
+            f"handovers {_na(m.get('handovers'))}, peak catch-up readers {_na(m.get('peak_catchup_readers'))}, "
+            f"peak consumers {_na(m.get('peak_consumers'))}, peak threads {_num(m.get('peak_threads'))}"
+        )
+    if key == "filter_groups":
+        return (
+            f"{_num(m.get('clients'))} clients, {_num(m.get('filters'))} filters, "
+            f"{_num(m.get('delivered_rate'))} msg/s delivered; evaluations/record "
+            f"{_na(m.get('evaluations_per_record'), 1)}, encodes/record {_na(m.get('encodes_per_record'), 2)}; "
+            f"{_num(m.get('threads'))} threads, {_cpu(m)}"
+        )
+    if key == "full_reader":
+        return (
+            f"{_num(m.get('messages'))} records in {_num(m.get('seconds'), 1)} s from a "
+            f"{_num(m.get('baseline_rss_mb'))} MB baseline; {_num(m.get('end_growth_mb'), 1)} MB at the end"
+        )
+    return ""
 
 
 def table(figures: dict[str, Any], targets: list[dict[str, Any]]) -> str:
@@ -183,14 +277,17 @@ def table(figures: dict[str, Any], targets: list[dict[str, Any]]) -> str:
         if key not in figures:
             continue
         fig = figures[key]
-        digits = 1 if unit in ("ms", "MB") else 0
+        digits = {"ms": 1, "MB": 1, "KB": 1, "s": 1, "core": 3}.get(unit, 0)
+        title = fig.get("title", title)
         lines.append(
             f"{number:>3}  {title:<50} {_num(fig.get('value'), digits):>12} {unit:<6} {detail(key, fig, figures)}"
         )
     lines.append("")
     lines.append(f"     {'target':<50} {'value':>12} {'limit':>12}  result")
     for t in targets:
-        digits = 1 if t["op"] == "<=" else 0
+        if t["figure"] not in figures:  # not run (--only): its target says nothing
+            continue
+        digits = 3 if 0 < abs(t["limit"]) < 1 else 1 if t["op"] == "<=" else 0
         ratio = "" if math.isnan(t["ratio"]) else f" ({t['ratio']:.2f} x limit)"
         lines.append(
             f"     {t['target']:<50} {_num(t['value'], digits):>12} {_num(t['limit'], digits):>12}  "

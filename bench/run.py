@@ -39,8 +39,9 @@ if str(ROOT) not in sys.path:
 
 import orjson  # noqa: E402
 
-from bench import report, workloads  # noqa: E402
+from bench import report, scale_run, workloads  # noqa: E402
 from bench.kafka_setup import Topics, broker_port, produce_dataset, start_or_reuse_broker  # noqa: E402
+from bench.scale import FULL_SCALE, QUICK_SCALE, ScalePlan  # noqa: E402
 from bench.servers import (  # noqa: E402
     CEILING_APP,
     PROJECT_APP,
@@ -52,6 +53,7 @@ from bench.servers import (  # noqa: E402
     free_port,
     migrate,
     project_env,
+    raise_open_files,
     uvicorn_command,
 )
 
@@ -91,7 +93,7 @@ class Plan:
 
 
 FULL = Plan(
-    budget=540, rounds=3, partitions=4, records=240_000,
+    budget=1500, rounds=3, partitions=4, records=240_000,
     ceiling_k=240_000, ceiling_s=60_000, ceiling_s_emit=20_000,
     consume_1=8_000, consume_8=16_000, start=60_000, batch=240_000,
     cap=8.0, scan_cap=10.0,
@@ -127,9 +129,11 @@ def arun(coro: Coroutine[Any, Any, T]) -> T:
 
 
 class Bench:
-    def __init__(self, args: argparse.Namespace, plan: Plan) -> None:
+    def __init__(self, args: argparse.Namespace, plan: Plan, scale_plan: ScalePlan) -> None:
         self.args = args
         self.plan = plan
+        self.scale_plan = scale_plan
+        self.scale_topics: dict[str, str] = {}
         self.began = time.monotonic()
         self.load_at_start = os.getloadavg()
         self.deadline = self.began + plan.budget
@@ -167,30 +171,43 @@ class Bench:
         return self.deadline - time.monotonic()
 
     @contextlib.contextmanager
-    def measuring(self, key: str) -> Iterator[None]:
-        """Record a figure's failure instead of ending the run."""
+    def measuring(self, key: str, *also: str) -> Iterator[None]:
+        """Record a figure's failure instead of ending the run (``also``: other figures of the same measurement)."""
         number, title, _unit = report.TITLES[key]
-        self.log(f"figure {number}: {title}")
+        others = f" (and {', '.join(report.TITLES[k][0] for k in also)})" if also else ""
+        self.log(f"figure {number}: {title}{others}")
         began = time.monotonic()
         try:
             yield
         except Exception as exc:
             self.log(f"figure {number} failed: {exc!r}")
             traceback.print_exc(file=sys.stderr)
-            self.figures[key] = {"figure": number, "title": title, "value": float("nan"), "unit": _unit,
-                                 "error": f"{type(exc).__name__}: {exc}"[:500]}  # fmt: skip
-        if key in self.figures:
-            self.figures[key]["wall_seconds"] = round(time.monotonic() - began, 1)
+            for failed in (key, *also):
+                number, title, unit = report.TITLES[failed]
+                self.figures[failed] = {"figure": number, "title": title, "value": float("nan"), "unit": unit,
+                                        "error": f"{type(exc).__name__}: {exc}"[:500]}  # fmt: skip
+        for done in (key, *also):
+            if done in self.figures:
+                self.figures[done]["wall_seconds"] = round(time.monotonic() - began, 1)
 
-    def server(self, name: str, kind: str = "uvicorn", app: str = PROJECT_APP) -> ServerProcess:
+    def server(
+        self,
+        name: str,
+        kind: str = "uvicorn",
+        app: str = PROJECT_APP,
+        extra_env: dict[str, str] | None = None,
+        backlog: int | None = None,
+    ) -> ServerProcess:
+        """A server subprocess, started; ``extra_env`` changes settings for this one (e.g. a what-if)."""
         port = free_port()
-        command = daphne_command(app, port) if kind == "daphne" else uvicorn_command(app, port)
+        command = daphne_command(app, port) if kind == "daphne" else uvicorn_command(app, port, backlog)
         profile = None
         if self.args.profile and app == PROJECT_APP:
             profile = Path(self.args.profile).resolve() / f"{name}.txt"
             profile.parent.mkdir(parents=True, exist_ok=True)
         ready = "/healthz" if app == PROJECT_APP else "/socket.io/?EIO=4&transport=polling"
-        server = ServerProcess(name, command, port, self.env, self.scratch / f"{name}.log", ready, profile)
+        env = {**self.env, **(extra_env or {})}
+        server = ServerProcess(name, command, port, env, self.scratch / f"{name}.log", ready, profile)
         self.servers.append(server)
         return server.start()
 
@@ -262,13 +279,14 @@ class Bench:
         self.data_topic = self.topics.create("data", plan.partitions)
         self.latency_topic = self.topics.create("latency", plan.partitions)
         self.fan_topic = self.topics.create("fanin", plan.fan_partitions)
+        self.scale_topics = scale_run.create_topics(self.topics, lambda key: self.only is None or key in self.only)
         self.log(f"producing {plan.records:,} records to {self.data_topic}")
         self.dataset = produce_dataset(self.bootstrap, self.data_topic, plan.partitions, plan.records)
         self.log(f"  {self.dataset}")
         self.highs = self.dataset["high_watermarks"]
         self.env = project_env(
             self.bootstrap,
-            [self.data_topic, self.latency_topic, self.fan_topic],
+            [self.data_topic, self.latency_topic, self.fan_topic, *self.scale_topics.values()],
             f"sqlite:///{self.scratch / 'bench.sqlite3'}",
         )
         if self.args.kafka_config:
@@ -404,6 +422,8 @@ class Bench:
             with self.measuring("fan_in"):
                 self.figures["fan_in"] = self.fan_in_figure()
 
+        scale_run.run(self, self.scale_plan, self.scale_topics, arun)
+
     def stream_figure(self, key: str, server: ServerProcess, batch: int | None) -> dict[str, Any]:
         plan = self.plan
         target = min(plan.batch if batch else plan.start, sum(self.highs))
@@ -537,7 +557,7 @@ class Bench:
             "mode": "quick" if self.args.quick else "full",
             "started_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "wall_seconds": round(time.monotonic() - self.began, 1),
-            "plan": asdict(self.plan),
+            "plan": {**asdict(self.plan), "scale": asdict(self.scale_plan)},
             "machine": machine(),
             # Other work on the machine skews every figure; the 1-minute load average tells how much.
             "load_average_1min": {"start": round(self.load_at_start[0], 2), "end": round(os.getloadavg()[0], 2)},
@@ -593,14 +613,20 @@ def _parse_only(text: str | None) -> set[str] | None:
     keys = set()
     for item in text.split(","):
         item = item.strip()
+        lettered = {k for n, k in FIGURE_NUMBERS.items() if n.rstrip("abcde") == item}  # "11": 11a..11e
         if item in FIGURE_NUMBERS:
             keys.add(FIGURE_NUMBERS[item])
         elif item in report.TITLES:
             keys.add(item)
-        elif item in ("3", "4"):
-            keys |= {k for n, k in FIGURE_NUMBERS.items() if n.startswith(item)}
+        elif item in report.GROUPS:
+            keys |= {FIGURE_NUMBERS[n] for n in report.GROUPS[item]}
+        elif lettered:
+            keys |= lettered
         else:
-            raise SystemExit(f"unknown figure {item!r}; use numbers ({', '.join(FIGURE_NUMBERS)}) or keys")
+            raise SystemExit(
+                f"unknown figure {item!r}; use numbers ({', '.join(FIGURE_NUMBERS)}), keys, "
+                f"or a group ({', '.join(report.GROUPS)})"
+            )
     return keys
 
 
@@ -611,9 +637,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", help="comma-separated figures to run, e.g. 1,2,4a,5")
     parser.add_argument("--rounds", type=int, help="rounds per figure (default 3)")
     parser.add_argument(
-        "--budget", type=float, help="seconds after which no new figure starts (default 540; 240 with --quick)"
+        "--budget", type=float, help="seconds after which no new figure starts (default 1500; 240 with --quick)"
     )
     parser.add_argument("--fan-clients", type=int, help="clients for figure 8 (default 1000; 50 with --quick)")
+    parser.add_argument(
+        "--scale-levels", help="the three client counts of figure 11 (default 1000,3000,10000; 50,100,200 with --quick)"
+    )
     parser.add_argument("--profile", metavar="DIR", help="run the project's servers under pyinstrument, reports in DIR")
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder (server logs)")
     parser.add_argument(
@@ -636,7 +665,15 @@ def main(argv: list[str] | None = None) -> int:
         plan = replace(plan, budget=args.budget)
     if args.fan_clients:
         plan = replace(plan, fan_clients=args.fan_clients)
-    bench = Bench(args, plan)
+    scale_plan = QUICK_SCALE if args.quick else FULL_SCALE
+    if args.scale_levels:
+        levels = tuple(int(n) for n in args.scale_levels.split(","))
+        if len(levels) != 3 or any(n < 1 for n in levels):
+            parser.error("--scale-levels takes three client counts, e.g. 1000,3000,10000")
+        scale_plan = replace(scale_plan, fan_levels=(levels[0], levels[1], levels[2]))
+    # Thousands of sockets in the servers and the client processes: they inherit this limit.
+    raise_open_files()
+    bench = Bench(args, plan, scale_plan)
     status = 0
     try:
         bench.setup()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -33,14 +34,26 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-# Every benchmark client connects from 127.0.0.1, so per-address connection limits
-# (where the server has them) are lifted, and the fan-in ramp may use every consumer one
+# Benchmark clients connect from a few loopback addresses, so per-address connection
+# limits (where the server has them) are lifted, the scale figures may open up to the
+# open-file limit's worth of connections, and the fan-in ramp may use every consumer one
 # process can hold (the system check's ceiling); all other settings keep their defaults.
 SERVER_SETTINGS = {
+    "KASOCKI_MAX_CONNECTIONS": "20000",
     "KASOCKI_MAX_CONNECTIONS_PER_IP": "100000",
     "KASOCKI_MAX_CONNECTION_RATE_PER_IP": "100000",
     "KASOCKI_MAX_CONSUMERS": "1000",
 }
+# The listen queue of the scale figures' servers (uvicorn's default is 2048; the kernel caps it at somaxconn).
+SCALE_BACKLOG = 16384
+
+
+def raise_open_files() -> int:
+    """Raise this process's soft limit of open files to its hard limit; children (servers, clients) inherit it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
 
 
 def project_env(bootstrap: str, allowed_topics: list[str], database_url: str) -> dict[str, str]:
@@ -83,7 +96,7 @@ def tail(path: Path, chars: int = 3000) -> str:
         return ""
 
 
-def uvicorn_command(app: str, port: int) -> list[str]:
+def uvicorn_command(app: str, port: int, backlog: int | None = None) -> list[str]:
     return [
         "-m", "uvicorn", app,
         "--host", "127.0.0.1",
@@ -91,6 +104,7 @@ def uvicorn_command(app: str, port: int) -> list[str]:
         "--log-level", "warning",
         "--no-access-log",
         "--timeout-graceful-shutdown", "5",
+        *(("--backlog", str(backlog)) if backlog else ()),
     ]  # fmt: skip
 
 

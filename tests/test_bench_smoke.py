@@ -1,12 +1,15 @@
-"""The benchmark's lean socket.io client works against the live server (no timing is checked here)."""
+"""The benchmark's lean socket.io client and its client processes work against the live server (no timing)."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import time
 
 import pytest
 
 from bench.client import LeanClient
+from bench.swarm import Swarm
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -82,3 +85,25 @@ async def test_lean_client_reports_error_acks(kafka, asgi_server):
         assert res is None and err["name"] == "NotSubscribedError"
     finally:
         await client.close()
+
+
+async def test_swarm_checks_every_clients_offsets(kafka, make_topic, allow, asgi_server, tmp_path):
+    topic = make_topic(partitions=2)
+    allow(topic)
+    kafka.produce(topic, [{"id": i, "sent_at": time.time()} for i in range(5)], partition=0)
+    kafka.produce(topic, [{"id": i, "sent_at": time.time()} for i in range(3)], partition=1)
+    swarm = await Swarm.start(asgi_server.url, 2, 2, dict(os.environ), tmp_path / "clients.log")
+    try:
+        await swarm.window([1, 0])  # count from offset 1 of partition 0
+        subscribe = [{"topic": topic, "partition": p, "offset": o} for p, o in ((0, 1), (1, 0))]
+        opened = await swarm.open(3, ramp=30, timeout=20, subscribe=subscribe)
+        assert (opened["clients"], opened["failed"]) == (3, 0)
+        caught_up, _waited = await swarm.wait_caught_up([5, 3], timeout=20)
+        assert caught_up == 3
+        merged = await swarm.collect(until=[5, 3], expect_first=[1, 0])
+        assert (merged["clients"], merged["received_min"], merged["received_max"]) == (3, 7, 7)
+        assert (merged["lost_total"], merged["inexact"], merged["behind"], merged["samples"]) == (0, 0, 0, 21)
+        wrong = await swarm.collect(until=[5, 3], expect_first=[0, 0])  # a first offset not asked for
+        assert wrong["inexact"] == 3
+    finally:
+        await swarm.stop()
