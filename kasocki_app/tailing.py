@@ -48,6 +48,7 @@ class TailReader:
         # Assigned to it, but from a position no longer wanted (handed over, seeked, demoted again):
         # what it reads of them is dropped until they are reassigned at the next offset.
         self._stale: set[TopicPartition] = set()
+        self._read_before: set[TopicPartition] = set()  # ever assigned to the private reader now open
         self._errors: list[KafkaError] = []
         self._carried: list[Readable] = []  # brought by a private read whose caller was cancelled
         self._waiters: list[asyncio.Future[None]] = []  # reads waiting for the rings
@@ -152,6 +153,7 @@ class TailReader:
         self._next.clear()
         async with self._lock:
             private, self._private = self._private, None
+            self._carried.clear()
             return True if private is None else await private.close()
 
     # --- the tail's calls (tail.Listener) -------------------------------------
@@ -293,13 +295,17 @@ class TailReader:
                     ring = self._tail.find(tp)
                     if ring is not None:
                         ring.behind.add(self)
-            if not behind:
-                private, self._private = self._private, None
-                self._private_has.clear()
-                self._stale.clear()
-                if private is not None:
-                    await private.close()
-                return
+            if self._private is not None and any(tp in self._read_before for tp in behind.keys() - self._private_has):
+                behind_again = True  # read before by this consumer: what it still holds of them is not wanted
+            else:
+                behind_again = any(tp in self._stale for tp in behind)
+            if not behind or behind_again:
+                # Closed, and a new one opened for what is behind again: a consumer reassigned a
+                # partition may still hand over records it read under the old assignment (a wait's,
+                # a cancelled read's), and those would skip what lies between.
+                await self._close_private()
+                if not behind:
+                    return
             if self._private is None:
                 try:
                     self._private = await self._open_private()
@@ -318,6 +324,18 @@ class TailReader:
             if added:
                 await self._private.add(added)
                 self._private_has.update(p.tp for p in added)
+                self._read_before.update(p.tp for p in added)
+                # Handed over while the assignment was being made: not wanted from this consumer any more.
+                self._stale.update(p.tp for p in added if p.tp not in self._behind)
+
+    async def _close_private(self) -> None:
+        private, self._private = self._private, None
+        self._private_has.clear()
+        self._stale.clear()
+        self._read_before.clear()
+        self._carried.clear()
+        if private is not None:
+            await private.close()
 
 
 def _release(waiter: asyncio.Future[None]) -> None:
