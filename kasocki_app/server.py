@@ -7,6 +7,8 @@ import weakref
 from typing import Any
 
 import socketio
+from engineio import packet as eio_packet
+from socketio import packet as sio_packet
 
 from . import collector, jsonshim, logs
 from .conf import conf
@@ -14,6 +16,7 @@ from .namespace import KasockiNamespace
 from .outbound import BacklogMeteredApp
 from .polling import EngineServer
 from .service import Service
+from .websocket import WebSocketSession
 
 
 def cors_origins() -> str | list[str] | None:
@@ -44,6 +47,15 @@ class KasockiServer(socketio.AsyncServer):  # type: ignore[misc]  # python-socke
 
     def _engineio_server_class(self) -> type[EngineServer]:
         return EngineServer
+
+    async def _send_packet(self, eio_sid: str, pkt: Any) -> None:
+        # An ack answers a request in flight: written at once when nothing waits before it.
+        if pkt.packet_type == sio_packet.ACK:
+            socket = self.eio.sockets.get(eio_sid)
+            if isinstance(socket, WebSocketSession) and not socket.closed:
+                await socket.send_now(eio_packet.Packet(eio_packet.MESSAGE, data=pkt.encode()))
+                return
+        await super()._send_packet(eio_sid, pkt)
 
     async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
         try:
