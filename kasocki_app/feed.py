@@ -60,6 +60,7 @@ class Feed:
         self._spawn = spawn
         self._next_check = 0.0
         self._last_errors: dict[tuple[Any, ...], float] = {}
+        self._unreported: list[KasockiError] = []  # met by consume_at_once, which cannot report them
 
     def subscribed(self, requests: list[AssignmentRequest], positions: list[Position]) -> None:
         self.requests = requests
@@ -107,6 +108,26 @@ class Feed:
         await self.after_take("start")  # never raises: taken messages are not lost
         # A topic that left during after_take: its error went out, its messages must not.
         return self.pipeline.keep(taken)
+
+    def consume_at_once(self) -> dict[str, Any] | None:
+        """The next passing message if it is ready and nothing must be followed first; None: ``consume`` must run.
+
+        Synchronous, for a request answered without a task of its own (server.py): it takes
+        only what was read already, when no call waits before it, no Kafka error waits to be
+        reported and no look at the cluster is due; else ``consume`` does it all, in order.
+        """
+        if self.waiters or self.reader is None or time.monotonic() >= self._next_check:
+            return None
+        pipeline = self.pipeline
+        taken = pipeline.take(1)
+        if not taken:
+            return None
+        self._unreported.extend(self.reader.take_errors())
+        if self._unreported or pipeline.error_records:  # reported by after_take, before the message
+            pipeline.give_back(taken)
+            return None
+        self.count_delivered(1)
+        return taken[0][1]
 
     async def consume(self) -> dict[str, Any]:
         """The next passing message, waiting for one; served before the stream takes anything."""
@@ -185,7 +206,7 @@ class Feed:
         Never raises (but for cancellation): a failure here is reported, and the messages the
         caller already took are still delivered.
         """
-        errors: list[KasockiError] = []
+        errors, self._unreported = self._unreported, []
         try:
             if self.reader is not None:
                 errors.extend(self.reader.take_errors())
