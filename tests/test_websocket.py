@@ -20,6 +20,7 @@ class FakeWebSocket:
         self.client: asyncio.Queue[str | None] = asyncio.Queue()
         self.sent: list[str] = []
         self.hold: asyncio.Event | None = None  # the next send waits for it (a server whose buffer is full)
+        self.broken = False  # sends fail, as to a client that left
         self.closed = False
 
     async def wait(self) -> str | None:
@@ -32,6 +33,8 @@ class FakeWebSocket:
         hold, self.hold = self.hold, None
         if hold is not None:
             await hold.wait()
+        if self.broken:
+            raise OSError("the client left")
         self.sent.append(frame)
 
     async def close(self) -> None:
@@ -99,3 +102,59 @@ async def test_a_packet_over_the_size_limit_ends_the_session():
     ws.client.put_nowait("4" + "x" * 10)
     await asyncio.wait_for(socket._websocket_handler(ws), 5)
     assert socket.closed and ws.closed
+
+
+async def test_a_reply_that_cannot_be_written_ends_the_writer_and_closes_the_websocket(session):
+    socket, ws, _ = session
+    ws.broken = True
+    await socket.send_now(message("3 reply"))
+    await settle()
+    assert ws.closed
+
+
+async def test_the_writer_sends_what_was_queued_before_the_end_then_closes(session):
+    socket, ws, _ = session
+    hold = ws.hold = asyncio.Event()
+    await socket.send(message("2 first"))
+    await settle()  # the writer holds "first"
+    await socket.send(message("2 second"))
+    socket.queue.put_nowait(None)  # the session ends after what is queued
+    hold.set()
+    await settle()
+    assert ws.sent == ["42 first", "42 second"] and ws.closed
+
+
+async def upgrading(*frames: str | None) -> tuple[WebSocketSession, FakeWebSocket, asyncio.Task[None]]:
+    """A long-polling session upgrading over a websocket on which the client sends ``frames``."""
+    socket = WebSocketSession(EngineServer(async_mode="asgi"), "sid-1")
+    socket.connected = True
+    ws = FakeWebSocket()
+    for frame in frames:
+        ws.client.put_nowait(frame)
+    handler = asyncio.ensure_future(socket._websocket_handler(ws))
+    await settle()
+    return socket, ws, handler
+
+
+async def test_an_upgrade_answers_the_probe_then_reads_the_websocket():
+    socket, ws, handler = await upgrading("2probe", "5")
+    assert socket.upgraded and not socket.upgrading and ws.sent[0] == "3probe"
+    await socket.send_now(message("3 reply"))
+    assert ws.sent[-1] == "43 reply"
+    ws.client.put_nowait(None)
+    await asyncio.wait_for(handler, 5)
+    assert socket.closed
+
+
+@pytest.mark.parametrize(
+    ("frames", "upgraded"),
+    [
+        pytest.param(["4hello"], False, id="no-probe"),
+        pytest.param(["2probe", "4hello"], False, id="no-upgrade-packet"),
+        pytest.param(["2probe", None], False, id="client-left-mid-upgrade"),
+    ],
+)
+async def test_a_failed_upgrade_leaves_the_session_on_long_polling(frames, upgraded):
+    socket, ws, handler = await upgrading(*frames)
+    await asyncio.wait_for(handler, 5)
+    assert socket.upgraded is upgraded and not socket.upgrading and not socket.closed and not ws.closed
