@@ -174,6 +174,13 @@ class Connection:
             await self._require_subscribed()
         return await self.feed.consume()
 
+    def consume_at_once(self) -> Delivered | None:
+        """What ``consume`` answers when it needs no waiting (see ``Feed.consume_at_once``); None: call ``consume``."""
+        if self.closed or self._subscribing or self.feed.assigned is None:
+            return None
+        self.tasks.last_active = time.monotonic()
+        return self.feed.consume_at_once()
+
     async def start(self, arg: Any) -> None:
         await self.stream.start(parse_start(arg), self._require_subscribed)
 

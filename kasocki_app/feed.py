@@ -74,6 +74,7 @@ class Feed:
         self._watch = watch
         self._checked_generation = -1
         self._last_errors: dict[tuple[Any, ...], float] = {}
+        self._unreported: list[KasockiError] = []  # met by consume_at_once, which cannot report them
 
     def subscribed(self, requests: list[AssignmentRequest], positions: list[Position]) -> None:
         self.requests = requests
@@ -121,6 +122,26 @@ class Feed:
         await self.after_take("start")  # never raises: taken messages are not lost
         # A topic that left during after_take: its error went out, its messages must not.
         return self.pipeline.keep(taken)
+
+    def consume_at_once(self) -> Delivered | None:
+        """The next passing message if it is ready and nothing must be followed first; None: ``consume`` must run.
+
+        Synchronous, for a request answered without a task of its own (server.py): it takes
+        only what was read already, when no call waits before it, no Kafka error waits to be
+        reported and no look at the cluster is due; else ``consume`` does it all, in order.
+        """
+        if self.waiters or self.reader is None or self._look_due():
+            return None
+        pipeline = self.pipeline
+        taken = pipeline.take(1)
+        if not taken:
+            return None
+        self._unreported.extend(self.reader.take_errors())
+        if self._unreported or pipeline.error_records:  # reported by after_take, before the message
+            pipeline.give_back(taken)
+            return None
+        self.count_delivered(1)
+        return taken[0][1]
 
     async def consume(self) -> Delivered:
         """The next passing message, waiting for one; served before the stream takes anything."""
@@ -203,7 +224,7 @@ class Feed:
         Never raises (but for cancellation): a failure here is reported, and the messages the
         caller already took are still delivered.
         """
-        errors: list[KasockiError] = []
+        errors, self._unreported = self._unreported, []
         try:
             if self.reader is not None:
                 errors.extend(self.reader.take_errors())
@@ -223,13 +244,11 @@ class Feed:
                     failure = kafka_error(cause)
                     failure.details.update(topic=record.topic(), partition=record.partition())
                     errors.append(failure)
-            watch = self._watch if self._watch is not None and self._watch.running else None
-            if watch is not None:
-                if watch.generation != self._checked_generation:
-                    self._checked_generation = watch.generation  # before: a change during the look is not lost
-                    errors.extend(await self._follow_cluster())
-            elif time.monotonic() >= self._next_check:
-                self._next_check = time.monotonic() + conf.assignment_check_seconds
+            if self._look_due():
+                if self._watch is not None and self._watch.running:
+                    self._checked_generation = self._watch.generation  # before: a change during the look counts
+                else:
+                    self._next_check = time.monotonic() + conf.assignment_check_seconds
                 errors.extend(await self._follow_cluster())
         except asyncio.CancelledError:
             raise
@@ -289,6 +308,12 @@ class Feed:
             self.assigned = sorted([*self.assigned, *added], key=lambda p: (p.topic, p.partition))
             errors.append(assignments.grown_error(topic, available[topic], added))
         return errors
+
+    def _look_due(self) -> bool:
+        """Whether the subscription must be compared with the cluster before more is handed out."""
+        if self._watch is not None and self._watch.running:
+            return self._watch.generation != self._checked_generation
+        return time.monotonic() >= self._next_check
 
     async def close(self) -> None:
         """Close the reader (off the loop, as it does) and forget what was buffered."""

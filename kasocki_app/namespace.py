@@ -96,6 +96,20 @@ class KasockiNamespace(socketio.AsyncNamespace):  # type: ignore[misc]  # python
     async def on_stop(self, sid: str, *args: Any) -> Ack | None:
         return await self._handle(sid, "stop", Connection.stop)
 
+    def answer_at_once(self, sid: str, data: list[Any]) -> Ack | None:
+        """The ack of a request that needs no waiting (a consume with a message ready); None: handle it as usual."""
+        if data[0] != "consume":
+            return None
+        connection = self.service.get(sid)
+        if connection is None:
+            return None
+        logs.bind(sid, connection.address)
+        try:
+            message = connection.consume_at_once()
+        except Exception:  # the usual way meets it again and answers with the error
+            return None
+        return None if message is None else (None, message)
+
     async def _handle(self, sid: str, event: str, action: Callable[[Connection], Any]) -> Ack | None:
         """Run ``action``; a failure becomes the ack's error and an ``err`` event."""
         connection = self.service.get(sid)

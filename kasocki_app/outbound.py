@@ -53,6 +53,17 @@ class ServerTransport:
 _transports: dict[str, ServerTransport] = {}
 
 
+def unsent_bytes(eio_sid: str) -> int | None:
+    """Bytes the ASGI server still holds for an engine.io session's websocket; None when that is unknown."""
+    transport = _transports.get(eio_sid)
+    if transport is None:
+        return None
+    try:
+        return transport.buffered()
+    except Exception:  # a closed transport
+        return None
+
+
 def server_transport(send: Any) -> ServerTransport | None:
     """The transport behind an ASGI ``send`` callable, where the server lets us find it."""
     # daphne passes partial(Server.handle_reply, protocol); uvicorn the protocol's bound asgi_send.

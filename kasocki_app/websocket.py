@@ -1,14 +1,16 @@
-"""engine.io's websocket transport without a task of its own per packet.
+"""engine.io's websocket transport without a task of its own per packet, and replies written at once.
 
 python-engineio (4.x) waits for each packet a client sends in a new task under
 ``asyncio.wait_for``, and for each packet to send under ``wait_for`` too, which wraps
-the wait in another task: per request and answer, two tasks and four more trips
-through the event loop than the waits need, about as much as the ``consume`` behind
-the request. ``WebSocketSession`` is engine.io's transport loop with the same
-behaviour, waiting in the connection's own reader and writer tasks under the same
-timeouts (``asyncio.timeout``): a client silent for ping_interval + ping_timeout, a
-packet over the size limit or a closed websocket ends the session as before, and the
-upgrade from long-polling is engine.io's handshake.
+the wait in another task; and every packet to send goes through a queue to a writer
+task. With one request in flight, those trips through the event loop cost more than
+the ``consume`` behind the request now does. ``WebSocketSession`` is engine.io's transport loop
+with the same behaviour, waiting in the connection's own reader and writer tasks under
+the same timeouts (``asyncio.timeout``): a client silent for ping_interval +
+ping_timeout, a packet over the size limit or a closed websocket ends the session as
+before, and the upgrade from long-polling is engine.io's handshake. ``send_now``
+writes a reply (socket.io's ack, see server.py) from the replying task when the writer
+waits with nothing queued; packets still leave in the order they were sent.
 """
 
 from __future__ import annotations
@@ -26,6 +28,32 @@ class WebSocketSession(AsyncSocket):  # type: ignore[misc]  # python-engineio sh
     connected: bool
     upgrading: bool
     upgraded: bool
+    # Sessions become this class after engine.io created them (polling.py): no __init__ runs.
+    _ws: Any = None  # the websocket, while the writer runs
+    _idle = False  # the writer waits for a packet: with nothing queued, send_now writes at once
+    _sending: asyncio.Future[None] | None = None  # such a write, while it is under way
+
+    async def send_now(self, pkt: Any) -> None:
+        """Send a reply: written at once when the writer waits with nothing queued, else queued as ``send``.
+
+        Written at once, it may wait for room in the ASGI server's buffer (uvicorn): only
+        the request it answers waits, and what is sent after it follows it.
+        """
+        if not (self._idle and self._sending is None and self.queue.empty()):
+            await self.send(pkt)
+            return
+        if not await self.check_ping_timeout():
+            return
+        sending = self._sending = asyncio.get_running_loop().create_future()
+        try:
+            await self._ws.send(pkt.encode())
+        except Exception:  # as a failed send of the writer: the writer ends and closes the websocket
+            self.queue.put_nowait(None)
+        finally:
+            self._sending = None
+            sending.set_result(None)
+        data = "<binary>" if isinstance(pkt.data, bytes) else pkt.data
+        self.server.logger.info("%s: Sending packet %s data %s", self.sid, packet.packet_names[pkt.packet_type], data)
 
     async def poll(self) -> list[Any]:
         """The packets queued for the client, waiting for a first one (engine.io's poll, without wait_for)."""
@@ -89,13 +117,19 @@ class WebSocketSession(AsyncSocket):  # type: ignore[misc]  # python-engineio sh
         return data
 
     async def _write(self, ws: Any) -> None:
+        self._ws = ws
         while True:
+            self._idle = True
             try:
                 packets = await self.poll()
             except exceptions.QueueEmpty:
                 break
+            finally:
+                self._idle = False
             if not packets:  # closing
                 break
+            if self._sending is not None:  # a reply written at once before these is still under way: it goes first
+                await self._sending
             try:
                 for pkt in packets:
                     await ws.send(pkt.encode())

@@ -65,11 +65,18 @@ class RawWebSocket:
         """One text message, in a single frame."""
         self._send_frame(0x1, text.encode())
 
+    def send_together(self, *texts: str) -> None:
+        """Text messages in one write: the server reads them at once, before it handles the first."""
+        self.sock.sendall(b"".join(self._frame(0x1, text.encode()) for text in texts))
+
     def send_binary(self, data: bytes) -> None:
         """One binary message, in a single frame (socket.io sends attachments this way)."""
         self._send_frame(0x2, data)
 
     def _send_frame(self, opcode: int, payload: bytes) -> None:
+        self.sock.sendall(self._frame(opcode, payload))
+
+    def _frame(self, opcode: int, payload: bytes) -> bytes:
         mask = os.urandom(4)
         header = bytes([0x80 | opcode])
         if len(payload) < 126:
@@ -79,7 +86,7 @@ class RawWebSocket:
         else:
             header += bytes([0x80 | 127]) + struct.pack(">Q", len(payload))
         masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-        self.sock.sendall(header + mask + masked)
+        return header + mask + masked
 
     def close(self) -> None:
         self.sock.close()

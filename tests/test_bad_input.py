@@ -512,6 +512,25 @@ def test_consumes_beyond_the_inflight_limit_are_refused_at_once(kafka, make_topi
     witness.assert_unharmed()
 
 
+def test_requests_read_at_once_are_handled_in_the_order_sent(kafka, make_topic, allow, raw, witness):
+    topic = make_topic()
+    allow(topic)
+    kafka.produce(topic, [{"i": i, "odd": i % 2 == 1} for i in range(50)], partition=0)
+    client = raw()
+    assert client.call("subscribe", {"topic": topic, "partition": 0, "offset": 0})[0] is None
+    connection = server_service().get(client.sid)
+    last = None
+    while connection is not None and not connection.pipeline.records:  # until the server has read ahead
+        last = client.call("consume", None)[1]["i"]
+    assert last is not None and last < 48
+    # The next consume needs no waiting, but the filter sent before it must judge its message.
+    client.ws.send_together('421["filter",{"odd":%s}]' % ("true" if last % 2 == 1 else "false"), '422["consume",null]')
+    assert client.ack(1)[0] is None
+    err, res = client.ack(2)
+    assert err is None and res["i"] == last + 2, res
+    witness.assert_unharmed()
+
+
 # --- every limit of subscribe, filter and start: at it, and one past it ------------
 
 

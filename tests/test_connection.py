@@ -194,6 +194,28 @@ async def test_a_consume_cancelled_after_taking_its_message_gives_it_back(log, c
     assert offsets_of([await connection.consume(), await connection.consume()]) == [("t", 0, 0), ("t", 0, 1)]
 
 
+async def test_a_consume_is_answered_at_once_only_with_a_message_read_and_nothing_to_follow(
+    log, connection, outbound, settings
+):
+    settings.KASOCKI_ASSIGNMENT_CHECK_SECONDS = 60  # no look at the cluster due for a while
+    log.create_topic("t")
+    log.produce("t", [{"i": i} for i in range(2)])
+    await connection.subscribe({"topic": "t", "partition": 0, "offset": 0})
+    assert connection.consume_at_once() is None  # nothing read yet: consume reads
+    assert offsets_of([await connection.consume()]) == [("t", 0, 0)]
+    assert offsets_of([connection.consume_at_once()]) == [("t", 0, 1)]
+    assert connection.consume_at_once() is None  # nothing left
+    waiting = emit(connection, "consume")
+    await settle()
+    log.produce("t", [{"i": i} for i in range(2, 4)])
+    assert offsets_of([await waiting]) == [("t", 0, 2)]
+    log.consumer_error(code=-195)  # _TRANSPORT: reported before the next message, by consume
+    assert connection.consume_at_once() is None
+    assert offsets_of([await connection.consume()]) == [("t", 0, 3)]
+    assert [(e["name"], e["code"], e["event"]) for e in outbound.errors()] == [("KafkaError", "_TRANSPORT", "consume")]
+    assert connection.delivered == 4
+
+
 async def subscribing(log: FakeLog, connection: Connection, outbound: FakeOutbound) -> None:
     log.opening = asyncio.Event()  # the reader is never ready
     emit(connection, "subscribe", "t")
