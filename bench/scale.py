@@ -236,7 +236,14 @@ async def search(fan: FanIn, measured: dict[int, dict[str, Any]], cap: int, dead
 
     def bracket() -> tuple[int | None, int | None]:
         good = max((n for n, r in measured.items() if holds(r)), default=None)
-        bad = min((n for n, r in measured.items() if not holds(r) and (good is None or n > good)), default=None)
+        # A level whose p99 was over the bound fails at the clients it had connected (the server may
+        # not have taken them all); one that merely could not connect them fails at the wanted count.
+        failing = [
+            r["clients"] if r["p99_ms"] > HOLD_P99_MS and r["clients"] else n
+            for n, r in measured.items()
+            if not holds(r)
+        ]
+        bad = min((n for n in failing if good is None or n > good), default=None)
         return good, bad
 
     def affordable(n: int) -> bool:

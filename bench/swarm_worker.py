@@ -179,11 +179,12 @@ class Worker:
             inexact = []
             behind = 0
             for index, t in enumerate(self.clients):
+                # Wrong offsets, as opposed to a client short of the end (slow, or disconnected on the way).
                 arrived = all(t.last[p] >= end - 1 for p, _start, end in spans)
                 wrong = t.gaps or t.disorder or (arrived and t.counted != expected)
-                wrong = wrong or any(t.last[p] >= end for p, _start, end in spans)  # beyond the log end: impossible
-                if first is not None:
-                    wrong = wrong or any(t.first[p] != first[p] for p, _start, _end in spans)
+                wrong = wrong or any(t.last[p] >= end for p, _start, end in spans)  # beyond the log end
+                if first is not None:  # the first offset of each partition that received any
+                    wrong = wrong or any(t.first[p] not in (-1, first[p]) for p, _start, _end in spans)
                 if wrong:
                     inexact.append(index)
                 elif not arrived:
