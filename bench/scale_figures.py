@@ -112,7 +112,14 @@ async def storm(host: Host, plan: ScalePlan, topic: str) -> dict[str, Any]:
         cpu, client_cpu = stats.cpu(), swarm.client_cpu()
         subscribe = [{"topic": topic, "partition": p, "offset": o} for p, o in enumerate(offsets)]
         opening = asyncio.create_task(
-            swarm.open(plan.storm_clients, plan.storm_cap, subscribe=subscribe, concurrency=plan.storm_clients)
+            # Half the cap to get every client in (a busy server accepts slowly), the rest to catch up.
+            swarm.open(
+                plan.storm_clients,
+                plan.storm_cap / 2,
+                plan.storm_cap / 2,
+                subscribe=subscribe,
+                concurrency=plan.storm_clients,
+            )
         )
         peak_threads = 0
         opened_at = caught_up_at = handed_over_at = math.nan

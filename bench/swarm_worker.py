@@ -35,7 +35,7 @@ BUCKETS_PER_SECOND = 10_000  # latency histogram resolution: 0.1 ms
 class Tracked:
     """One client and what it received, per partition."""
 
-    __slots__ = ("client", "counted", "disorder", "first", "gaps", "last")
+    __slots__ = ("broken_at", "client", "counted", "disorder", "first", "gaps", "last")
 
     def __init__(self, client: LeanClient, partitions: int) -> None:
         self.client = client
@@ -44,6 +44,7 @@ class Tracked:
         self.counted = 0  # records at or after the window's start
         self.gaps = 0  # an offset more than one after the previous (expected under a filter)
         self.disorder = 0  # an offset at or before the previous: a duplicate or a reordering
+        self.broken_at: list[int] | None = None  # the first [partition, previous offset, offset] not consecutive
 
 
 class Worker:
@@ -68,6 +69,8 @@ class Worker:
             if last < 0:
                 tracked.first[partition] = offset
             elif offset != last + 1:
+                if tracked.broken_at is None:
+                    tracked.broken_at = [partition, last, offset]
                 if offset <= last:
                     tracked.disorder += 1
                 else:
@@ -199,6 +202,8 @@ class Worker:
                     "expected": expected,
                     "gaps": self.clients[i].gaps,
                     "disorder": self.clients[i].disorder,
+                    "broken_at": self.clients[i].broken_at,
+                    "disconnected": self.clients[i].client.closed.done(),
                 }
                 for i in inexact[:2]
             ]
