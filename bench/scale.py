@@ -3,9 +3,10 @@
 Every client subscribes to the whole topic at the latest offsets and starts; a
 producer writes ``sent_at``-stamped records at 2 msg/s in total; each client must
 receive every record. One server is ramped through the levels (1,000, 3,000,
-10,000 clients): at each, after a warm-up, a window counts from the log end of
-that moment; then the producer stops, the clients drain, and each client's count
-is compared with the log (lost = expected - received). Then a coarse search for
+10,000 clients) with the producer stopped; at each, the producer starts and,
+after a warm-up, a window counts from the log end of that moment; then the
+producer stops, the clients drain, and each client's count is compared with the
+log (lost = expected - received). Then a coarse search for
 the largest N that holds p99 <= 1 s with no loss: doubling from the top level up
 to what the open-file limit allows, then one bisect step, within a time bound.
 The same at the first level with ``KASOCKI_LIVE_TAIL=False`` is printed for
@@ -147,9 +148,12 @@ class FanIn:
         return self.host.stop_producer(proc) if proc is not None else {}
 
     async def level(self, clients: int, concurrency: int | None = None) -> dict[str, Any]:
-        """Ramp (or shrink) to ``clients``, then measure one window."""
+        """Ramp (or shrink) to ``clients``, then measure one window.
+
+        The producer writes during the warm-up and the window only: a server saturated by the
+        stream accepts new connections so slowly that the larger levels were never reached.
+        """
         plan = self.plan
-        self.start_producer()
         if clients < self.swarm.clients:
             await self.swarm.close_to(clients)
             ramp = {"clients": self.swarm.clients, "wanted": clients, "closed_to": clients}
@@ -164,6 +168,7 @@ class FanIn:
             if ramp["opened"]:
                 self.open_rate = (self.swarm.clients - before) / max(ramp["seconds"], 0.1)
         self.host.log(f"  {clients:,} wanted: {ramp}")
+        self.start_producer()
         await asyncio.sleep(plan.fan_warmup)
         start = self.ends()
         await self.swarm.window(start)
