@@ -14,9 +14,9 @@ import math
 import time
 from typing import Any
 
-from bench.kafka_setup import broker_port
-from bench.scale import PARTITIONS, Host, LogEnds, ScalePlan
-from bench.servers import SCALE_BACKLOG, ProcessStats, describe
+from bench.kafka_setup import LogEnds, broker_port
+from bench.scale import PARTITIONS, Host, ScalePlan
+from bench.servers import SCALE_BACKLOG, ProcessStats, describe, settle
 from bench.swarm import Swarm, ascrape
 from bench.workloads import all_partitions, connect_ready
 
@@ -57,8 +57,8 @@ async def idle(host: Host, plan: ScalePlan, topic: str) -> dict[str, Any]:
         few = await swarm.open(
             1 + plan.idle_cpu_clients, subscribe=topic, concurrency=plan.fan_concurrency, ramp=plan.fan_ramp
         )
+        few["settle_seconds"], few["settled_cpu"] = await settle(stats, plan.fan_settle)
         host.log(f"  {swarm.clients - 1:,} idle clients: {few}")
-        await asyncio.sleep(3.0)
         cpu, began = stats.cpu(), time.perf_counter()
         await asyncio.sleep(plan.idle_cpu_seconds)
         cpu_few = (stats.cpu() - cpu) / (time.perf_counter() - began)
@@ -66,8 +66,8 @@ async def idle(host: Host, plan: ScalePlan, topic: str) -> dict[str, Any]:
         many = await swarm.open(
             1 + plan.idle_clients, subscribe=topic, concurrency=plan.fan_concurrency, ramp=plan.fan_ramp
         )
+        many["settle_seconds"], many["settled_cpu"] = await settle(stats, plan.fan_settle)
         host.log(f"  {swarm.clients - 1:,} idle clients: {many}")
-        await asyncio.sleep(5.0)
         after = stats.sample(connections=True)
         cpu, began = stats.cpu(), time.perf_counter()
         await asyncio.sleep(min(10.0, plan.idle_cpu_seconds))
@@ -98,7 +98,7 @@ async def storm(host: Host, plan: ScalePlan, topic: str) -> dict[str, Any]:
     """``storm_clients`` at once, each from ``storm_behind`` records behind the head of every partition."""
     server = host.server("uvicorn-storm", backlog=SCALE_BACKLOG)
     stats = ProcessStats(server.pid, broker_port(host.bootstrap))
-    log_ends = LogEnds(host.bootstrap, topic)
+    log_ends = LogEnds(host.bootstrap, topic, PARTITIONS)
     processes = _processes(plan, plan.storm_clients, 250)
     swarm = await Swarm.start(server.url, PARTITIONS, processes, host.env, host.scratch / "storm-clients.log")
     producer = None
@@ -201,11 +201,11 @@ async def groups(host: Host, plan: ScalePlan, topic: str) -> dict[str, Any]:
     """``group_clients`` clients in ``group_filters`` filters ``{"bucket": k}`` on a topic at ``group_rate``."""
     server = host.server("uvicorn-groups", backlog=SCALE_BACKLOG)
     stats = ProcessStats(server.pid, broker_port(host.bootstrap))
-    log_ends = LogEnds(host.bootstrap, topic)
+    log_ends = LogEnds(host.bootstrap, topic, PARTITIONS)
     swarm = await Swarm.start(
         server.url, PARTITIONS, _processes(plan, plan.group_clients, 500), host.env, host.scratch / "groups-clients.log"
     )
-    producer = host.producer(topic, PARTITIONS, plan.group_rate, 3600)
+    producer = None
     try:
         ramps = []
         deadline = time.monotonic() + plan.group_ramp
@@ -222,7 +222,12 @@ async def groups(host: Host, plan: ScalePlan, topic: str) -> dict[str, Any]:
                     concurrency=plan.fan_concurrency,
                 )
             )
-        host.log(f"  {swarm.clients:,} clients in {plan.group_filters} filters, last ramp {ramps[-1]}")
+        settled = await settle(stats, plan.fan_settle)
+        host.log(
+            f"  {swarm.clients:,} clients in {plan.group_filters} filters, last ramp {ramps[-1]}, settled {settled}"
+        )
+        # As in figure 11, the producer starts once the clients are in.
+        producer = host.producer(topic, PARTITIONS, plan.group_rate, 3600)
         await asyncio.sleep(3.0)
         await swarm.window(log_ends())
         before = await ascrape(server.url)
@@ -251,7 +256,8 @@ async def groups(host: Host, plan: ScalePlan, topic: str) -> dict[str, Any]:
             "consumers": after.get(CONSUMERS, math.nan),
         }
     finally:
-        host.stop_producer(producer)
+        if producer is not None:
+            host.stop_producer(producer)
         log_ends.close()
         await swarm.stop()
         host.stop_server(server)

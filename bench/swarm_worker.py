@@ -133,7 +133,7 @@ class Worker:
                     opened = await asyncio.wait_for(self._open_one(command), command.get("timeout", 60.0))
                     self.clients.append(opened)
                 except Exception as exc:
-                    failures.append(repr(exc)[:200])
+                    failures.append(repr(exc)[:400])
 
         await asyncio.gather(*(one() for _ in range(count)))
         return {
