@@ -613,7 +613,7 @@ def _parse_only(text: str | None) -> set[str] | None:
     keys = set()
     for item in text.split(","):
         item = item.strip()
-        lettered = {k for n, k in FIGURE_NUMBERS.items() if n.rstrip("abcde") == item}  # "11": 11a..11e
+        lettered = {k for n, k in FIGURE_NUMBERS.items() if n.rstrip("abcdefgh") == item}  # "11": 11a..11e
         if item in FIGURE_NUMBERS:
             keys.add(FIGURE_NUMBERS[item])
         elif item in report.TITLES:
