@@ -75,7 +75,7 @@ FULL_SCALE = ScalePlan(
 )  # fmt: skip
 QUICK_SCALE = ScalePlan(
     fan_levels=(50, 100, 200), fan_rate=2.0, fan_processes=2, fan_concurrency=20,
-    fan_warmup=1.0, fan_window=4.0, fan_drain=5.0, fan_settle=10.0, fan_search_seconds=30.0, fan_ramp=60.0,
+    fan_warmup=1.0, fan_window=4.0, fan_drain=5.0, fan_settle=10.0, fan_search_seconds=45.0, fan_ramp=60.0,
     tail_off_clients=200,
     idle_clients=200, idle_cpu_clients=100, idle_cpu_seconds=5.0,
     storm_clients=100, storm_behind=250, storm_rate=20.0, storm_cap=60.0,
