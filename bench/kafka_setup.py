@@ -1,4 +1,4 @@
-"""The broker and the topics the benchmark reads: start or reuse a broker, create topics, produce data."""
+"""The broker and the topics the benchmark reads: start or reuse a broker, create topics, produce, read log ends."""
 
 from __future__ import annotations
 
@@ -102,3 +102,24 @@ def produce_dataset(bootstrap: str, topic: str, partitions: int, count: int, see
         "produce_seconds": round(elapsed, 2),
         "high_watermarks": [high for _low, high in marks],
     }
+
+
+class LogEnds:
+    """The log end of every partition of a topic, read by one consumer kept open (no group, no commits)."""
+
+    def __init__(self, bootstrap: str, topic: str, partitions: int) -> None:
+        self.topic = topic
+        self.partitions = partitions
+        self.consumer = Consumer(
+            {"bootstrap.servers": bootstrap, "group.id": "kasocki-bench", "enable.auto.commit": False}
+        )
+
+    def __call__(self) -> list[int]:
+        marks = [
+            self.consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10, cached=False)
+            for p in range(self.partitions)
+        ]
+        return [high for _low, high in marks]
+
+    def close(self) -> None:
+        self.consumer.close()

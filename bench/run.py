@@ -93,7 +93,7 @@ class Plan:
 
 
 FULL = Plan(
-    budget=1500, rounds=3, partitions=4, records=240_000,
+    budget=1800, rounds=3, partitions=4, records=240_000,
     ceiling_k=240_000, ceiling_s=60_000, ceiling_s_emit=20_000,
     consume_1=8_000, consume_8=16_000, start=60_000, batch=240_000,
     cap=8.0, scan_cap=10.0,
@@ -613,7 +613,7 @@ def _parse_only(text: str | None) -> set[str] | None:
     keys = set()
     for item in text.split(","):
         item = item.strip()
-        lettered = {k for n, k in FIGURE_NUMBERS.items() if n.rstrip("abcde") == item}  # "11": 11a..11e
+        lettered = {k for n, k in FIGURE_NUMBERS.items() if n.rstrip("abcdefgh") == item}  # "11": 11a..11e
         if item in FIGURE_NUMBERS:
             keys.add(FIGURE_NUMBERS[item])
         elif item in report.TITLES:
@@ -637,7 +637,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", help="comma-separated figures to run, e.g. 1,2,4a,5")
     parser.add_argument("--rounds", type=int, help="rounds per figure (default 3)")
     parser.add_argument(
-        "--budget", type=float, help="seconds after which no new figure starts (default 1500; 240 with --quick)"
+        "--budget", type=float, help="seconds after which no new figure starts (default 1800; 240 with --quick)"
     )
     parser.add_argument("--fan-clients", type=int, help="clients for figure 8 (default 1000; 50 with --quick)")
     parser.add_argument(

@@ -3,9 +3,10 @@
 Every client subscribes to the whole topic at the latest offsets and starts; a
 producer writes ``sent_at``-stamped records at 2 msg/s in total; each client must
 receive every record. One server is ramped through the levels (1,000, 3,000,
-10,000 clients): at each, after a warm-up, a window counts from the log end of
-that moment; then the producer stops, the clients drain, and each client's count
-is compared with the log (lost = expected - received). Then a coarse search for
+10,000 clients) with the producer stopped; at each, the producer starts and,
+after a warm-up, a window counts from the log end of that moment; then the
+producer stops, the clients drain, and each client's count is compared with the
+log (lost = expected - received). Then a coarse search for
 the largest N that holds p99 <= 1 s with no loss: doubling from the top level up
 to what the open-file limit allows, then one bisect step, within a time bound.
 The same at the first level with ``KASOCKI_LIVE_TAIL=False`` is printed for
@@ -22,11 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from confluent_kafka import Consumer, TopicPartition
-
 from bench import report
-from bench.kafka_setup import broker_port
-from bench.servers import SCALE_BACKLOG, ProcessStats, ServerProcess, describe, raise_open_files
+from bench.kafka_setup import LogEnds, broker_port
+from bench.servers import SCALE_BACKLOG, ProcessStats, ServerProcess, describe, raise_open_files, settle
 from bench.swarm import Swarm, ascrape
 
 PARTITIONS = 4
@@ -44,6 +43,7 @@ class ScalePlan:
     fan_warmup: float
     fan_window: float
     fan_drain: float  # seconds the clients get to receive the last records after the producer stops
+    fan_settle: float  # at most this long for the server's CPU to settle after a ramp
     fan_search_seconds: float  # time bound of the search above the top level
     fan_ramp: float  # seconds, at most, to open one level's clients
     tail_off_clients: int
@@ -66,7 +66,7 @@ class ScalePlan:
 
 FULL_SCALE = ScalePlan(
     fan_levels=(1000, 3000, 10_000), fan_rate=2.0, fan_processes=8, fan_concurrency=25,
-    fan_warmup=3.0, fan_window=15.0, fan_drain=10.0, fan_search_seconds=360.0, fan_ramp=300.0,
+    fan_warmup=3.0, fan_window=15.0, fan_drain=10.0, fan_settle=60.0, fan_search_seconds=360.0, fan_ramp=300.0,
     tail_off_clients=1000,
     idle_clients=10_000, idle_cpu_clients=1000, idle_cpu_seconds=20.0,
     storm_clients=1000, storm_behind=1250, storm_rate=20.0, storm_cap=300.0,
@@ -75,7 +75,7 @@ FULL_SCALE = ScalePlan(
 )  # fmt: skip
 QUICK_SCALE = ScalePlan(
     fan_levels=(50, 100, 200), fan_rate=2.0, fan_processes=2, fan_concurrency=20,
-    fan_warmup=1.0, fan_window=4.0, fan_drain=5.0, fan_search_seconds=30.0, fan_ramp=60.0,
+    fan_warmup=1.0, fan_window=4.0, fan_drain=5.0, fan_settle=10.0, fan_search_seconds=45.0, fan_ramp=60.0,
     tail_off_clients=200,
     idle_clients=200, idle_cpu_clients=100, idle_cpu_seconds=5.0,
     storm_clients=100, storm_behind=250, storm_rate=20.0, storm_cap=60.0,
@@ -107,33 +107,12 @@ class Host(Protocol):
     def stop_producer(self, proc: subprocess.Popen[bytes]) -> dict[str, Any]: ...
 
 
-class LogEnds:
-    """The log end of every partition of a topic, read by one consumer kept open (no group, no commits)."""
-
-    def __init__(self, bootstrap: str, topic: str, partitions: int = PARTITIONS) -> None:
-        self.topic = topic
-        self.partitions = partitions
-        self.consumer = Consumer(
-            {"bootstrap.servers": bootstrap, "group.id": "kasocki-bench", "enable.auto.commit": False}
-        )
-
-    def __call__(self) -> list[int]:
-        marks = [
-            self.consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10, cached=False)
-            for p in range(self.partitions)
-        ]
-        return [high for _low, high in marks]
-
-    def close(self) -> None:
-        self.consumer.close()
-
-
 class FanIn:
     """One server, its clients and a producer, measured level after level."""
 
     def __init__(self, host: Host, plan: ScalePlan, topic: str, server: ServerProcess, swarm: Swarm) -> None:
         self.host, self.plan, self.topic, self.server, self.swarm = host, plan, topic, server, swarm
-        self.ends = LogEnds(host.bootstrap, topic)
+        self.ends = LogEnds(host.bootstrap, topic, PARTITIONS)
         self.stats = ProcessStats(server.pid, broker_port(host.bootstrap))
         self.producer: subprocess.Popen[bytes] | None = None
         self.open_rate = math.nan  # clients per second in the last ramp, to budget the search
@@ -147,9 +126,13 @@ class FanIn:
         return self.host.stop_producer(proc) if proc is not None else {}
 
     async def level(self, clients: int, concurrency: int | None = None) -> dict[str, Any]:
-        """Ramp (or shrink) to ``clients``, then measure one window."""
+        """Ramp (or shrink) to ``clients``, then measure one window.
+
+        The producer writes during the warm-up and the window only: a server saturated by the
+        stream accepts new connections so slowly that the larger levels were never reached.
+        """
         plan = self.plan
-        self.start_producer()
+        ramp: dict[str, Any]
         if clients < self.swarm.clients:
             await self.swarm.close_to(clients)
             ramp = {"clients": self.swarm.clients, "wanted": clients, "closed_to": clients}
@@ -163,7 +146,9 @@ class FanIn:
             )
             if ramp["opened"]:
                 self.open_rate = (self.swarm.clients - before) / max(ramp["seconds"], 0.1)
+        ramp["settle_seconds"], ramp["settled_cpu"] = await settle(self.stats, plan.fan_settle)
         self.host.log(f"  {clients:,} wanted: {ramp}")
+        self.start_producer()
         await asyncio.sleep(plan.fan_warmup)
         start = self.ends()
         await self.swarm.window(start)
@@ -236,12 +221,19 @@ async def search(fan: FanIn, measured: dict[int, dict[str, Any]], cap: int, dead
 
     def bracket() -> tuple[int | None, int | None]:
         good = max((n for n, r in measured.items() if holds(r)), default=None)
-        bad = min((n for n, r in measured.items() if not holds(r) and (good is None or n > good)), default=None)
+        # A level whose p99 was over the bound fails at the clients it had connected (the server may
+        # not have taken them all); one that merely could not connect them fails at the wanted count.
+        failing = [
+            r["clients"] if r["p99_ms"] > HOLD_P99_MS and r["clients"] else n
+            for n, r in measured.items()
+            if not holds(r)
+        ]
+        bad = min((n for n in failing if good is None or n > good), default=None)
         return good, bad
 
     def affordable(n: int) -> bool:
         ramp = max(0, n - fan.swarm.clients) / fan.open_rate if fan.open_rate > 0 else 60.0
-        cost = ramp + plan.fan_warmup + plan.fan_window + plan.fan_drain + 15
+        cost = ramp + plan.fan_settle / 2 + plan.fan_warmup + plan.fan_window + plan.fan_drain + 15
         return time.monotonic() + cost < deadline and host.remaining() > cost
 
     good, bad = bracket()

@@ -14,9 +14,9 @@ import math
 import time
 from typing import Any
 
-from bench.kafka_setup import broker_port
-from bench.scale import PARTITIONS, Host, LogEnds, ScalePlan
-from bench.servers import SCALE_BACKLOG, ProcessStats, describe
+from bench.kafka_setup import LogEnds, broker_port
+from bench.scale import PARTITIONS, Host, ScalePlan
+from bench.servers import SCALE_BACKLOG, ProcessStats, describe, settle
 from bench.swarm import Swarm, ascrape
 from bench.workloads import all_partitions, connect_ready
 
@@ -57,8 +57,8 @@ async def idle(host: Host, plan: ScalePlan, topic: str) -> dict[str, Any]:
         few = await swarm.open(
             1 + plan.idle_cpu_clients, subscribe=topic, concurrency=plan.fan_concurrency, ramp=plan.fan_ramp
         )
+        few["settle_seconds"], few["settled_cpu"] = await settle(stats, plan.fan_settle)
         host.log(f"  {swarm.clients - 1:,} idle clients: {few}")
-        await asyncio.sleep(3.0)
         cpu, began = stats.cpu(), time.perf_counter()
         await asyncio.sleep(plan.idle_cpu_seconds)
         cpu_few = (stats.cpu() - cpu) / (time.perf_counter() - began)
@@ -66,8 +66,8 @@ async def idle(host: Host, plan: ScalePlan, topic: str) -> dict[str, Any]:
         many = await swarm.open(
             1 + plan.idle_clients, subscribe=topic, concurrency=plan.fan_concurrency, ramp=plan.fan_ramp
         )
+        many["settle_seconds"], many["settled_cpu"] = await settle(stats, plan.fan_settle)
         host.log(f"  {swarm.clients - 1:,} idle clients: {many}")
-        await asyncio.sleep(5.0)
         after = stats.sample(connections=True)
         cpu, began = stats.cpu(), time.perf_counter()
         await asyncio.sleep(min(10.0, plan.idle_cpu_seconds))
@@ -98,7 +98,7 @@ async def storm(host: Host, plan: ScalePlan, topic: str) -> dict[str, Any]:
     """``storm_clients`` at once, each from ``storm_behind`` records behind the head of every partition."""
     server = host.server("uvicorn-storm", backlog=SCALE_BACKLOG)
     stats = ProcessStats(server.pid, broker_port(host.bootstrap))
-    log_ends = LogEnds(host.bootstrap, topic)
+    log_ends = LogEnds(host.bootstrap, topic, PARTITIONS)
     processes = _processes(plan, plan.storm_clients, 250)
     swarm = await Swarm.start(server.url, PARTITIONS, processes, host.env, host.scratch / "storm-clients.log")
     producer = None
@@ -109,30 +109,39 @@ async def storm(host: Host, plan: ScalePlan, topic: str) -> dict[str, Any]:
         producer = host.producer(topic, PARTITIONS, plan.storm_rate, 3600)
         before = await ascrape(server.url)
         began = time.monotonic()
+        cpu, client_cpu = stats.cpu(), swarm.client_cpu()
         subscribe = [{"topic": topic, "partition": p, "offset": o} for p, o in enumerate(offsets)]
         opening = asyncio.create_task(
-            swarm.open(plan.storm_clients, plan.storm_cap, subscribe=subscribe, concurrency=plan.storm_clients)
+            # Half the cap to get every client in (a busy server accepts slowly), the rest to catch up.
+            swarm.open(
+                plan.storm_clients,
+                plan.storm_cap / 2,
+                plan.storm_cap / 2,
+                subscribe=subscribe,
+                concurrency=plan.storm_clients,
+            )
         )
-        peak_threads = peak_consumers = peak_catchup = 0.0
+        peak_threads = 0
         opened_at = caught_up_at = handed_over_at = math.nan
-        caught_up = 0
-        metrics: dict[str, float] = {}
-        seen: set[str] = set()  # the metrics the server publishes (a scrape may fail under load)
+        peaks: dict[str, float] = {}  # the highest value of each gauge in the scrapes that answered
+        unanswered = 0  # scrapes that failed or timed out (the server was too busy)
+        tail_known = False
         while time.monotonic() - began < plan.storm_cap:
-            metrics = await ascrape(server.url) or metrics  # keep the last answer when a scrape fails
-            seen.update(name for name in (CONSUMERS, CATCHUP_READERS, HANDOVERS) if name in metrics)
+            metrics = await ascrape(server.url)
+            unanswered += not metrics
+            tail_known = tail_known or CATCHUP_READERS in metrics
+            for name in (CONSUMERS, CATCHUP_READERS):
+                if name in metrics:
+                    peaks[name] = max(peaks.get(name, 0.0), metrics[name])
             peak_threads = max(peak_threads, stats.sample().threads)
-            peak_consumers = max(peak_consumers, metrics.get(CONSUMERS, 0.0))
-            peak_catchup = max(peak_catchup, metrics.get(CATCHUP_READERS, 0.0))
             if opening.done():
                 if math.isnan(opened_at):
                     opened_at = time.monotonic() - began
+                # Every client subscribed before this scrape: no catch-up reader left means all handed over.
                 if math.isnan(handed_over_at) and metrics.get(CATCHUP_READERS) == 0:
                     handed_over_at = time.monotonic() - began
-                caught_up = await swarm.caught_up(log_ends())
-                if math.isnan(caught_up_at) and caught_up >= swarm.clients:
+                if math.isnan(caught_up_at) and await swarm.caught_up(log_ends()) >= swarm.clients:
                     caught_up_at = time.monotonic() - began
-                tail_known = CATCHUP_READERS in seen
                 if not math.isnan(caught_up_at) and (not math.isnan(handed_over_at) or not tail_known):
                     break
             await asyncio.sleep(0.5)
@@ -142,6 +151,9 @@ async def storm(host: Host, plan: ScalePlan, topic: str) -> dict[str, Any]:
         until = log_ends()
         drained, waited = await swarm.wait_caught_up(until, 30.0)
         merged = await swarm.collect(until=until, expect_first=offsets)
+        elapsed = time.monotonic() - began
+        server_cpu, client_cpu = (stats.cpu() - cpu) / elapsed, (swarm.client_cpu() - client_cpu) / elapsed
+        after = await ascrape(server.url)
         return {
             **{
                 k: merged[k]
@@ -164,11 +176,14 @@ async def storm(host: Host, plan: ScalePlan, topic: str) -> dict[str, Any]:
             "opened_seconds": round(opened_at, 1),
             "caught_up_seconds": round(caught_up_at, 1),
             "handover_seconds": round(handed_over_at, 1),
-            "handovers": _delta(metrics, before, HANDOVERS),
-            "catchup_readers_end": metrics.get(CATCHUP_READERS, math.nan),
-            "peak_catchup_readers": peak_catchup if CATCHUP_READERS in seen else math.nan,
-            "peak_consumers": peak_consumers if CONSUMERS in seen else math.nan,
+            "handovers": _delta(after, before, HANDOVERS),
+            "catchup_readers_end": after.get(CATCHUP_READERS, math.nan),
+            "peak_catchup_readers": peaks.get(CATCHUP_READERS, math.nan),
+            "peak_consumers": peaks.get(CONSUMERS, math.nan),
             "peak_threads": peak_threads,
+            "scrapes_unanswered": unanswered,
+            "server_cpu": round(server_cpu, 2),
+            "client_cpu": round(client_cpu, 2),
             "drain_seconds": waited,
             "drained": drained,
             "ramp": ramp,
@@ -186,11 +201,11 @@ async def groups(host: Host, plan: ScalePlan, topic: str) -> dict[str, Any]:
     """``group_clients`` clients in ``group_filters`` filters ``{"bucket": k}`` on a topic at ``group_rate``."""
     server = host.server("uvicorn-groups", backlog=SCALE_BACKLOG)
     stats = ProcessStats(server.pid, broker_port(host.bootstrap))
-    log_ends = LogEnds(host.bootstrap, topic)
+    log_ends = LogEnds(host.bootstrap, topic, PARTITIONS)
     swarm = await Swarm.start(
         server.url, PARTITIONS, _processes(plan, plan.group_clients, 500), host.env, host.scratch / "groups-clients.log"
     )
-    producer = host.producer(topic, PARTITIONS, plan.group_rate, 3600)
+    producer = None
     try:
         ramps = []
         deadline = time.monotonic() + plan.group_ramp
@@ -207,7 +222,12 @@ async def groups(host: Host, plan: ScalePlan, topic: str) -> dict[str, Any]:
                     concurrency=plan.fan_concurrency,
                 )
             )
-        host.log(f"  {swarm.clients:,} clients in {plan.group_filters} filters, last ramp {ramps[-1]}")
+        settled = await settle(stats, plan.fan_settle)
+        host.log(
+            f"  {swarm.clients:,} clients in {plan.group_filters} filters, last ramp {ramps[-1]}, settled {settled}"
+        )
+        # As in figure 11, the producer starts once the clients are in.
+        producer = host.producer(topic, PARTITIONS, plan.group_rate, 3600)
         await asyncio.sleep(3.0)
         await swarm.window(log_ends())
         before = await ascrape(server.url)
@@ -236,7 +256,8 @@ async def groups(host: Host, plan: ScalePlan, topic: str) -> dict[str, Any]:
             "consumers": after.get(CONSUMERS, math.nan),
         }
     finally:
-        host.stop_producer(producer)
+        if producer is not None:
+            host.stop_producer(producer)
         log_ends.close()
         await swarm.stop()
         host.stop_server(server)

@@ -3,13 +3,15 @@
 Each server runs as a child process in its own session, logs to a file in the
 run's scratch folder and is stopped by its own pid (SIGINT, then SIGTERM, then
 SIGKILL). ``ProcessStats`` reads a server's memory, threads, CPU time and TCP
-connections to the broker with psutil.
+connections to the broker with psutil; ``settle`` waits for its CPU to calm down.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import http.client
+import math
 import os
 import resource
 import signal
@@ -239,3 +241,19 @@ def describe(sample: Sample) -> dict[str, Any]:
         "threads": sample.threads,
         "broker_connections": sample.broker_connections,
     }
+
+
+async def settle(stats: ProcessStats, limit: float, step: float = 2.0) -> tuple[float, float]:
+    """Wait until the server's CPU is low or no longer falling (the work a ramp leaves behind:
+    registry rows, closing connections), for at most ``limit`` seconds; (seconds waited, last core fraction).
+    """
+    began = time.monotonic()
+    previous = math.inf
+    while True:
+        cpu = stats.cpu()
+        await asyncio.sleep(step)
+        fraction = (stats.cpu() - cpu) / step
+        waited = time.monotonic() - began
+        if fraction < 0.2 or previous - fraction < 0.05 or waited >= limit:
+            return round(waited, 1), round(fraction, 2)
+        previous = fraction

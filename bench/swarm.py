@@ -215,7 +215,7 @@ def hist_percentile(hist: Counter[int], q: float) -> float:
     return math.nan
 
 
-def scrape(url: str, timeout: float = 10) -> dict[str, float]:
+def scrape(url: str, timeout: float = 30) -> dict[str, float]:
     """The server's /metrics, every sample summed over its labels (``_created`` samples left out); {} on failure."""
     host, _, port = url.removeprefix("http://").partition(":")
     connection = http.client.HTTPConnection(host, int(port), timeout=timeout)

@@ -35,7 +35,7 @@ BUCKETS_PER_SECOND = 10_000  # latency histogram resolution: 0.1 ms
 class Tracked:
     """One client and what it received, per partition."""
 
-    __slots__ = ("client", "counted", "disorder", "first", "gaps", "last")
+    __slots__ = ("broken_at", "client", "counted", "disorder", "first", "gaps", "last")
 
     def __init__(self, client: LeanClient, partitions: int) -> None:
         self.client = client
@@ -44,6 +44,7 @@ class Tracked:
         self.counted = 0  # records at or after the window's start
         self.gaps = 0  # an offset more than one after the previous (expected under a filter)
         self.disorder = 0  # an offset at or before the previous: a duplicate or a reordering
+        self.broken_at: list[int] | None = None  # the first [partition, previous offset, offset] not consecutive
 
 
 class Worker:
@@ -68,6 +69,8 @@ class Worker:
             if last < 0:
                 tracked.first[partition] = offset
             elif offset != last + 1:
+                if tracked.broken_at is None:
+                    tracked.broken_at = [partition, last, offset]
                 if offset <= last:
                     tracked.disorder += 1
                 else:
@@ -130,7 +133,7 @@ class Worker:
                     opened = await asyncio.wait_for(self._open_one(command), command.get("timeout", 60.0))
                     self.clients.append(opened)
                 except Exception as exc:
-                    failures.append(repr(exc)[:200])
+                    failures.append(repr(exc)[:400])
 
         await asyncio.gather(*(one() for _ in range(count)))
         return {
@@ -179,11 +182,12 @@ class Worker:
             inexact = []
             behind = 0
             for index, t in enumerate(self.clients):
+                # Wrong offsets, as opposed to a client short of the end (slow, or disconnected on the way).
                 arrived = all(t.last[p] >= end - 1 for p, _start, end in spans)
                 wrong = t.gaps or t.disorder or (arrived and t.counted != expected)
-                wrong = wrong or any(t.last[p] >= end for p, _start, end in spans)  # beyond the log end: impossible
-                if first is not None:
-                    wrong = wrong or any(t.first[p] != first[p] for p, _start, _end in spans)
+                wrong = wrong or any(t.last[p] >= end for p, _start, end in spans)  # beyond the log end
+                if first is not None:  # the first offset of each partition that received any
+                    wrong = wrong or any(t.first[p] not in (-1, first[p]) for p, _start, _end in spans)
                 if wrong:
                     inexact.append(index)
                 elif not arrived:
@@ -198,6 +202,8 @@ class Worker:
                     "expected": expected,
                     "gaps": self.clients[i].gaps,
                     "disorder": self.clients[i].disorder,
+                    "broken_at": self.clients[i].broken_at,
+                    "disconnected": self.clients[i].client.closed.done(),
                 }
                 for i in inexact[:2]
             ]

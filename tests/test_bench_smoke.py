@@ -97,7 +97,7 @@ async def test_swarm_checks_every_clients_offsets(kafka, make_topic, allow, asgi
         await swarm.window([1, 0])  # count from offset 1 of partition 0
         subscribe = [{"topic": topic, "partition": p, "offset": o} for p, o in ((0, 1), (1, 0))]
         opened = await swarm.open(3, ramp=30, timeout=20, subscribe=subscribe)
-        assert (opened["clients"], opened["failed"]) == (3, 0)
+        assert (opened["clients"], opened["failed"]) == (3, 0), opened["failures"]
         caught_up, _waited = await swarm.wait_caught_up([5, 3], timeout=20)
         assert caught_up == 3
         merged = await swarm.collect(until=[5, 3], expect_first=[1, 0])
