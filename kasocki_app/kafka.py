@@ -109,13 +109,13 @@ def flush_logs(force: bool = False) -> None:
 TLS_EXHAUSTED = "thread local storage"
 
 
-def creation_error(exc: KafkaException) -> KasockiError:
+def creation_error(exc: KafkaException | RuntimeError) -> KasockiError:
     """What a client hears when librdkafka cannot create its consumer."""
     if TLS_EXHAUSTED in str(exc):
         return TooManyConsumersError(
             "this server process cannot run more Kafka consumers; try again later", limit=conf.max_consumers
         )
-    return kafka_error(exc)
+    return kafka_error(exc) if isinstance(exc, KafkaException) else KafkaError(str(exc), code="_FAIL")
 
 
 def _close_when_created(future: asyncio.Future[Consumer]) -> None:
@@ -155,8 +155,8 @@ class KafkaSource:
             future.add_done_callback(_close_when_created)
             if isinstance(exc, TimeoutError):
                 raise KafkaError("creating a Kafka consumer timed out", code="_TIMED_OUT") from None
-            if isinstance(exc, KafkaException):
-                raise creation_error(exc) from None
+            if isinstance(exc, KafkaException) or (isinstance(exc, RuntimeError) and TLS_EXHAUSTED in str(exc)):
+                raise creation_error(exc) from None  # the ceiling comes as a RuntimeError from confluent-kafka
             raise
         source = cls(consumer)
         source._errors = errors

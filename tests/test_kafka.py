@@ -15,7 +15,7 @@ from kasocki_app.kafka import WAIT_MAX_SECONDS, KafkaSource
 from kasocki_app.types import Position
 
 
-def refusing(error: KafkaException) -> Any:
+def refusing(error: Exception) -> Any:
     def create(*args: Any, **kwargs: Any) -> Any:
         raise error
 
@@ -29,6 +29,13 @@ async def test_the_thread_local_storage_ceiling_is_too_many_consumers(monkeypatc
     with pytest.raises(TooManyConsumersError) as refused:
         await kafka.KafkaSource.create()
     assert refused.value.details["limit"] > 0
+
+
+async def test_the_ceiling_met_as_a_runtime_error_is_too_many_consumers_too(monkeypatch):
+    # How confluent-kafka itself reports it at the ~1,012th Consumer of a process.
+    monkeypatch.setattr(kafka, "Consumer", refusing(RuntimeError("Failed to initialize thread local storage")))
+    with pytest.raises(TooManyConsumersError):
+        await kafka.KafkaSource.create()
 
 
 async def test_another_creation_failure_is_a_kafka_error_with_its_code(monkeypatch):
