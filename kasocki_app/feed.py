@@ -245,10 +245,9 @@ class Feed:
                     failure.details.update(topic=record.topic(), partition=record.partition())
                     errors.append(failure)
             if self._look_due():
-                if self._watch is not None and self._watch.running:
+                if self._watch is not None:
                     self._checked_generation = self._watch.generation  # before: a change during the look counts
-                else:
-                    self._next_check = time.monotonic() + conf.assignment_check_seconds
+                self._next_check = time.monotonic() + conf.assignment_check_seconds
                 errors.extend(await self._follow_cluster())
         except asyncio.CancelledError:
             raise
@@ -311,9 +310,10 @@ class Feed:
 
     def _look_due(self) -> bool:
         """Whether the subscription must be compared with the cluster before more is handed out."""
-        if self._watch is not None and self._watch.running:
+        now = time.monotonic()
+        if self._watch is not None and self._watch.current(now):
             return self._watch.generation != self._checked_generation
-        return time.monotonic() >= self._next_check
+        return now >= self._next_check
 
     async def close(self) -> None:
         """Close the reader (off the loop, as it does) and forget what was buffered."""

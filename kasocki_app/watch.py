@@ -7,13 +7,16 @@ changed, ``generation`` moves on and the readers of the live tail are woken; eac
 connection then compares its subscription with the cluster once (``feed.py``). A
 connection whose generation is current does not look at all: an idle connection on the
 tail wakes for records and for changes only. When the fingerprint cannot be taken (Kafka
-unreachable), every interval counts as a change, so connections report the error.
+unreachable), every interval counts as a change, so connections report the error. When the
+watch has not looked for two intervals (a busy event loop starves it), connections look by
+the clock themselves.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Hashable
 
 from .assignments import Catalog
@@ -35,10 +38,16 @@ class ClusterWatch:
         self._on_change = on_change
         self._seen: Hashable | None = None
         self._task: asyncio.Task[None] | None = None
+        self._looked_at = float("-inf")
 
     @property
     def running(self) -> bool:
         return self._task is not None and not self._task.done()
+
+    def current(self, now: float) -> bool:
+        """Whether the watch looked lately: a loop kept busy (a stream with a long backlog sends without
+        yielding) may starve it, and then connections look by the clock themselves, as without a watch."""
+        return self.running and now - self._looked_at <= 2 * max(conf.assignment_check_seconds, MIN_INTERVAL) + 0.5
 
     def ensure_started(self) -> None:
         """Start watching (lazily, at the first connection: daphne sends no lifespan events)."""
@@ -60,6 +69,7 @@ class ClusterWatch:
         except Exception as exc:  # Kafka or the database unreachable: connections look and report it
             logger.debug("cluster watch: %r", exc)
             seen = None
+        self._looked_at = time.monotonic()
         if seen is None or seen != self._seen:
             self._seen = seen
             self.generation += 1
