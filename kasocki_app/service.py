@@ -57,7 +57,7 @@ class Service:
         self.consumers = ConsumerBudget(reader_factory)
         self.catalog = catalog
         self.tail = LiveTail(reader_factory, catalog, kafka.settings_key)
-        self.watch = ClusterWatch(catalog, self.tail.nudge)
+        self.watch = ClusterWatch(catalog, self.tail.nudge, lambda: bool(self.connections))
         # Process-wide tasks (the registry publisher), started lazily: daphne sends no lifespan events.
         self.background: set[asyncio.Task[Any]] = set()
 

@@ -132,6 +132,9 @@ class Stream:
                         self._back_to_running(Phase.IDLE)
                     continue
                 await self._emit(taken, batch)
+                # engine.io's send does not yield, and a ring has thousands of records ready: without
+                # this, a stop or a consume that arrived would wait until the whole backlog was sent.
+                await asyncio.sleep(0)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

@@ -32,10 +32,13 @@ MIN_INTERVAL = 0.05
 class ClusterWatch:
     """One look at the cluster per interval for the whole process; ``generation`` counts changes."""
 
-    def __init__(self, catalog: Catalog, on_change: Callable[[], None]) -> None:
+    def __init__(
+        self, catalog: Catalog, on_change: Callable[[], None], active: Callable[[], bool] = lambda: True
+    ) -> None:
         self.generation = 0
         self._catalog = catalog
         self._on_change = on_change
+        self._active = active  # False: no connection needs a look (the process costs the cluster nothing)
         self._seen: Hashable | None = None
         self._task: asyncio.Task[None] | None = None
         self._looked_at = float("-inf")
@@ -77,5 +80,6 @@ class ClusterWatch:
 
     async def _run(self) -> None:
         while True:
-            await self.look()
+            if self._active():
+                await self.look()
             await asyncio.sleep(max(conf.assignment_check_seconds, MIN_INTERVAL))
