@@ -27,6 +27,7 @@ from engineio import packet as eio_packet
 
 from . import jsonshim, metrics
 from .polling import carried_bytes
+from .types import Taken
 
 logger = logging.getLogger(__name__)
 
@@ -233,6 +234,9 @@ class Outbound:
         self.bytes_sent += len(encoded)
         metrics.BYTES_SENT.inc(len(encoded))
         await self._sio.eio.send(self.eio_sid, encoded)
+
+    async def emit_message(self, taken: Taken) -> None:
+        await self.emit("message", taken[1])
 
     def backlog(self) -> int:
         """Bytes sent to this client that it has not yet taken off the wire."""
