@@ -31,6 +31,9 @@ from .types import Taken
 
 logger = logging.getLogger(__name__)
 
+# Where an HTTP request's scope carries the ASGI server's send callable (see ``server_transport``).
+SEND_KEY = "kasocki.send"
+
 
 class ServerTransport:
     """The ASGI server's transport under one websocket: its buffered bytes, and a way to cut it."""
@@ -196,6 +199,8 @@ class BacklogMeteredApp:
     async def _serve_http(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         sid = _long_poll_sid(scope, getattr(self.app, "engineio_path", None))
         if sid is None or self.sio is None:
+            # An HTTP stream (sse_view) measures its client's backlog through the server's transport.
+            scope[SEND_KEY] = send
             await self.app(scope, receive, send)
             return
         watch = LongPollWatch(receive, send, functools.partial(self._end_poll, sid))
