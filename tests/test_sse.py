@@ -1,0 +1,234 @@
+"""HTTP streams without a server: parsing what a stream asks for, and framing what it sends."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+import pytest
+
+from kasocki_app.exceptions import InvalidArgumentError, InvalidAssignmentError, InvalidFilterError
+from kasocki_app.sse import EventStream
+from kasocki_app.sse_request import parse_since, parse_stream_request, wants_ndjson
+from kasocki_app.types import Position, TopicPartition
+
+
+def parsed(topics: str = "a", headers: dict[str, str] | None = None, **query: str) -> Any:
+    return parse_stream_request(topics, {k: [v] for k, v in query.items()}, headers or {})
+
+
+def test_topics_of_the_url_start_at_the_latest_offsets():
+    assert parsed("a,b").subscription == ["a", "b"]
+    assert parsed(" a , b ").subscription == ["a", "b"]
+
+
+@pytest.mark.parametrize("topics", ["", "a,", ",a", "a,,b", "a,a"])
+def test_bad_topic_lists_are_refused(topics):
+    with pytest.raises(InvalidAssignmentError):
+        parsed(topics)
+
+
+def test_since_applies_to_every_topic_as_epoch_milliseconds():
+    assert parsed("a,b", since="1700000000123").subscription == [
+        {"topic": "a", "timestamp": 1700000000123},
+        {"topic": "b", "timestamp": 1700000000123},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("0", 0),
+        ("2023-11-14T22:13:20Z", 1700000000000),
+        ("2023-11-14T22:13:20.5+00:00", 1700000000500),
+        ("2023-11-14T23:13:20+01:00", 1700000000000),
+        ("2023-11-14T22:13:20", 1700000000000),  # no zone: UTC
+        ("2023-11-14", 1699920000000),
+    ],
+)
+def test_since_reads_iso_8601(text, expected):
+    assert parse_since(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "yesterday", "-1", "1e9", "1969-12-31T23:59:59Z", "9" * 30])
+def test_bad_since_is_refused(text):
+    with pytest.raises(InvalidArgumentError):
+        parse_since(text)
+
+
+def test_last_event_id_replaces_the_urls_topics_and_since():
+    event_id = orjson.dumps(
+        [{"topic": "b", "partition": 0, "offset": 5}, {"topic": "b", "partition": 1, "timestamp": 1000}]
+    ).decode()
+    request = parsed("a", {"Last-Event-ID": event_id}, since="5")
+    assert request.subscription == [
+        {"topic": "b", "partition": 0, "offset": 5},
+        {"topic": "b", "partition": 1, "timestamp": 1000},
+    ]
+
+
+def test_a_kafkasse_id_of_minus_one_reads_from_the_latest_offset():
+    request = parsed("a", {"Last-Event-ID": '[{"topic": "a", "partition": 0, "offset": -1}]'})
+    assert request.subscription == [{"topic": "a", "partition": 0}]
+
+
+@pytest.mark.parametrize("header", ["", "  ", "[]"])
+def test_an_empty_last_event_id_is_no_position(header):
+    assert parsed("a", {"Last-Event-ID": header}).subscription == ["a"]
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "not json",
+        "{}",
+        '"a"',
+        '["a"]',
+        '[{"topic": "a", "offset": 1}]',
+        '[{"topic": "a", "partition": 0}]',
+        '[{"topic": "a", "partition": 0, "offset": 1, "timestamp": 2}]',
+        '[{"topic": "a", "partition": 0, "offset": -2}]',
+        '[{"topic": "a", "partition": 0, "offset": 1, "extra": 1}]',
+        '[{"topic": "a", "partition": 0, "offset": 1}, {"topic": "a", "partition": 0, "offset": 2}]',
+        "[" + ",".join(['{"topic": "a", "partition": 0, "offset": 1}'] * 300) + "]",
+        "[" + " " * 300_000 + "]",
+    ],
+)
+def test_bad_last_event_ids_are_refused(header):
+    with pytest.raises(InvalidAssignmentError, match="Last-Event-ID"):
+        parsed("a", {"Last-Event-ID": header})
+
+
+def test_the_filter_is_json_from_the_url():
+    assert parsed(filter='{"type": "edit"}').filter == {"type": "edit"}
+    assert parsed().filter is None
+    with pytest.raises(InvalidFilterError):
+        parsed(filter="{type")
+
+
+def test_a_parameter_given_twice_is_refused():
+    with pytest.raises(InvalidArgumentError, match="once"):
+        parse_stream_request("a", {"since": ["1", "2"]}, {})
+
+
+@pytest.mark.parametrize(
+    ("accept", "ndjson"),
+    [
+        ("", False),
+        ("*/*", False),
+        ("text/event-stream", False),
+        ("application/json", True),
+        ("application/x-ndjson", True),
+        ("application/json, text/event-stream", False),
+        ("Application/JSON; q=0.9", True),
+    ],
+)
+def test_ndjson_is_chosen_by_accept(accept, ndjson):
+    assert wants_ndjson(accept) is ndjson
+
+
+class Body:
+    """An HTTP stream's response body, read chunk by chunk as the ASGI server would."""
+
+    def __init__(self, stream: EventStream) -> None:
+        self.ended = False
+        self._body = stream.body(self._on_end)
+
+    async def _on_end(self) -> None:
+        self.ended = True
+
+    async def next(self) -> bytes:
+        return await asyncio.wait_for(anext(self._body), 5)
+
+    async def rest(self) -> list[bytes]:
+        return [chunk async for chunk in self._body]
+
+    async def close(self) -> None:
+        await self._body.aclose()
+
+
+def started(ndjson: bool = False, positions: list[Position] | None = None, progress: Any = None) -> EventStream:
+    stream = EventStream(ndjson=ndjson, transport=None)
+    stream.start_at(positions or [Position("t", 0, 0)], progress or (lambda: None))
+    return stream
+
+
+async def test_message_events_carry_the_next_offset_of_every_partition():
+    stream = started(positions=[Position("t", 0, 5), Position("t", 1, 7)])
+    body = Body(stream)
+    assert await body.next() == b':ok\n\nid: [{"topic":"t","partition":0,"offset":5},{"topic":"t","partition":1,"offset":7}]\n\n'
+    await stream.emit_message(("t", {"v": 1}, 1, 7))
+    assert stream.backlog() > 0
+    assert await body.next() == (
+        b'event: message\nid: [{"topic":"t","partition":0,"offset":5},{"topic":"t","partition":1,"offset":8}]\n'
+        b'data: {"v":1}\n\n'
+    )
+    assert stream.backlog() == 0  # written out
+    await body.close()
+    assert body.ended and stream.ending
+
+
+async def test_encoded_messages_are_sent_as_they_are_in_ndjson():
+    stream = started(ndjson=True)
+    await stream.emit_message(("t", orjson.Fragment(b'{"a":1}'), 0, 0))
+    await stream.emit_message(("t", {"b": 2**70}, 0, 1))  # beyond 64 bits: the same fallback as socket.io
+    expected = b'{"a":1}\n{"b":1180591620717411303424}\n'
+    assert stream.backlog() == len(expected)
+    body = Body(stream)
+    assert await body.next() == expected  # no :ok, no ids in NDJSON
+    await stream.emit("err", {"name": "KafkaError", "message": "down"})
+    assert orjson.loads(await body.next()) == {"error": {"name": "KafkaError", "message": "down"}}
+    await body.close()
+
+
+async def test_errors_are_error_events_and_new_positions_join_the_id():
+    stream = started()
+    body = Body(stream)
+    await body.next()
+    await stream.emit("err", {"name": "PartitionsChangedError", "added": [{"topic": "t", "partition": 1, "offset": 0}]})
+    await stream.emit("err", {"name": "OffsetOutOfRangeError", "topic": "t", "partition": 0, "offset": 9})
+    await stream.emit("ready", ["t"])  # nothing for HTTP streams
+    chunk = await body.next()
+    assert chunk.count(b"event: error\ndata: ") == 2 and not stream.ending
+    await stream.emit_message(("t", {}, 1, 0))
+    assert b'"partition":0,"offset":9},{"topic":"t","partition":1,"offset":1}]' in await body.next()
+    await body.close()
+
+
+async def test_a_topic_leaving_ends_the_stream_with_an_id_without_it():
+    stream = started(positions=[Position("t", 0, 3), Position("u", 0, 4)])
+    await stream.emit("err", {"name": "TopicNotAvailableError", "topic": "t", "message": "gone"})
+    await stream.emit_message(("u", {}, 0, 4))  # nothing after the end
+    body = Body(stream)
+    chunks = await body.rest()
+    assert chunks[-1].endswith(b'id: [{"topic":"u","partition":0,"offset":4}]\n\n')
+    assert b"event: message" not in b"".join(chunks) and body.ended
+
+
+async def test_a_disconnect_ends_the_body_after_what_was_sent_and_abort_drops_it():
+    stream = started()
+    await stream.emit_message(("t", {"i": 0}, 0, 0))
+    await stream.disconnect()
+    assert b'data: {"i":0}' in b"".join(await Body(stream).rest())
+    dropped = started()
+    await dropped.emit_message(("t", {"i": 0}, 0, 0))
+    await dropped.abort()
+    assert dropped.backlog() == 0
+    assert b"data:" not in b"".join(await Body(dropped).rest())
+
+
+async def test_progress_events_take_the_positions_only_when_the_stream_holds_nothing(settings):
+    settings.KASOCKI_SSE_PROGRESS_SECONDS = 0.05
+    settings.KASOCKI_SSE_HEARTBEAT_SECONDS = 0.05
+    reached: list[dict[TopicPartition, int] | None] = [None]
+    stream = started(positions=[Position("t", 0, 3)], progress=lambda: reached[0])
+    body = Body(stream)
+    await body.next()
+    assert await body.next() == b": heartbeat\n\n"  # holding something: no id, only the heartbeat
+    reached[0] = {TopicPartition("t", 0): 12}
+    chunk = await body.next()
+    while chunk == b": heartbeat\n\n":
+        chunk = await body.next()
+    assert chunk.startswith(b'id: [{"topic":"t","partition":0,"offset":12}]\n\n')
+    await body.close()
