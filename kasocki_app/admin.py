@@ -104,6 +104,7 @@ class LiveConnectionAdmin(_ModelAdmin):
 
     list_display = (
         "address",
+        "transport",
         "username",
         "position_and_lag",
         "filter_object",
@@ -114,12 +115,13 @@ class LiveConnectionAdmin(_ModelAdmin):
         "sid",
         "disconnect_requested",
     )
-    list_filter = ("process", DisconnectRequestedFilter)
+    list_filter = ("process", "transport", DisconnectRequestedFilter)
     search_fields = ("address", "username")
     actions = ("disconnect_selected",)
     fields = (
         "process",
         "sid",
+        "transport",
         "address",
         "username",
         "subscribed_from",

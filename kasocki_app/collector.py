@@ -18,6 +18,8 @@ from .tailing import TailReader
 
 logger = logging.getLogger(__name__)
 
+TRANSPORTS = ("socket.io", "sse")
+
 
 class ServiceCollector(Collector):
     """Gauges read from the live Service at scrape time (runs in the scrape's thread)."""
@@ -27,7 +29,15 @@ class ServiceCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         connections = list(self.service.connections.values())
-        yield GaugeMetricFamily("kasocki_connections", "Open socket.io connections.", value=len(connections))
+        yield GaugeMetricFamily(
+            "kasocki_connections", "Open connections (socket.io and HTTP streams).", value=len(connections)
+        )
+        by_transport = GaugeMetricFamily(
+            "kasocki_connections_by_transport", "Open connections by transport.", labels=["transport"]
+        )
+        for transport in TRANSPORTS:
+            by_transport.add_metric([transport], sum(1 for c in connections if c.transport == transport))
+        yield by_transport
         yield GaugeMetricFamily(
             "kasocki_subscriptions",
             "Connections with a subscription.",

@@ -49,6 +49,10 @@ DEFAULTS: dict[str, Any] = {
     "KASOCKI_TAIL_BYTES": 8 * 1024 * 1024,
     "KASOCKI_TAIL_GRACE_SECONDS": 30.0,
     "KASOCKI_IDLE_TIMEOUT": 900.0,
+    # HTTP streams (/v2/stream/...): an id-only event when no message carried the position this long,
+    # and a comment line this often, so that proxies do not cut idle streams.
+    "KASOCKI_SSE_PROGRESS_SECONDS": 5.0,
+    "KASOCKI_SSE_HEARTBEAT_SECONDS": 5.0,
     "KASOCKI_TRUSTED_PROXIES": [],
     "KASOCKI_TOKEN_AUTHENTICATOR": "",
     # Who may read /metrics: peers in these networks, or anyone with the bearer token (if set).
@@ -221,6 +225,14 @@ class Settings:
     def idle_timeout(self) -> float:
         """Seconds a subscription may sit unused before it is dropped; 0 turns reaping off."""
         return float(self._get("KASOCKI_IDLE_TIMEOUT"))
+
+    @property
+    def sse_progress_seconds(self) -> float:
+        return max(0.05, float(self._get("KASOCKI_SSE_PROGRESS_SECONDS")))
+
+    @property
+    def sse_heartbeat_seconds(self) -> float:
+        return max(0.05, float(self._get("KASOCKI_SSE_HEARTBEAT_SECONDS")))
 
     @property
     def trusted_proxies(self) -> list[str]:

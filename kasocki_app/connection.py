@@ -1,4 +1,4 @@
-"""One socket.io client's connection: the protocol verbs over its feed, stream and tasks.
+"""One client's connection (socket.io, or an HTTP stream): the protocol verbs over its feed, stream and tasks.
 
 A ``Connection`` owns everything its client uses: a reader (opened lazily at the
 first subscribe), its pipeline (filter, positions), its stream and the handler
@@ -55,8 +55,10 @@ class Connection:
         principal: Principal = ANONYMOUS,
         address: str = "",
         watch: ClusterWatch | None = None,
+        transport: str = "socket.io",
     ) -> None:
         self.sid = sid
+        self.transport = transport  # "socket.io", or "sse" for an HTTP stream
         self.principal = principal
         self.address = address
         self.connected_at = time.time()

@@ -1,4 +1,4 @@
-"""Errors that reach socket.io clients, each serialised as ``{"name", "message", "origin", ...}``."""
+"""Errors that reach clients (socket.io and HTTP streams), each serialised as ``{"name", "message", "origin", ...}``."""
 
 from __future__ import annotations
 
@@ -88,6 +88,10 @@ class AuthenticationFailedError(KasockiError):
 
 class IdleTimeoutError(KasockiError):
     """The subscription was idle (no consume, no stream) for KASOCKI_IDLE_TIMEOUT; the server disconnects."""
+
+
+class OriginNotAllowedError(KasockiError):
+    """A browser on another origin asked for an HTTP stream, and KASOCKI_ALLOWED_ORIGINS does not list it."""
 
 
 class KafkaError(KasockiError):

@@ -154,7 +154,7 @@ class Feed:
                 except BaseException:
                     self.pipeline.give_back(taken)  # never answered: keep it
                     raise
-                topic, message = taken[0]
+                topic, message, _partition, _offset = taken[0]
                 if topic not in self.pipeline.gone:
                     self.count_delivered(1)
                     return message
@@ -170,7 +170,7 @@ class Feed:
                 await self.serve_waiters()
                 await self.after_take("consume")
                 if waiter.done():
-                    topic, message = waiter.result()
+                    topic, message, _partition, _offset = waiter.result()
                     if topic not in self.pipeline.gone:
                         self.count_delivered(1)
                         return message

@@ -13,7 +13,7 @@ from prometheus_client import Counter, Histogram
 DELIVERED = Counter("kasocki_messages_delivered", "Messages delivered to clients (message, messages, consume).")
 FILTERED = Counter("kasocki_messages_filtered", "Messages read from Kafka that a client's filter dropped.")
 SKIPPED = Counter("kasocki_messages_skipped", "Records skipped because they could not be delivered.", ["reason"])
-BYTES_SENT = Counter("kasocki_bytes_sent", "Bytes of socket.io packets sent to clients.")
+BYTES_SENT = Counter("kasocki_bytes_sent", "Bytes of socket.io packets and HTTP stream events sent to clients.")
 ERRORS = Counter("kasocki_errors", "Errors reported to clients, by error name.", ["name"])
 CONSUMERS_ABANDONED = Counter("kasocki_consumers_abandoned", "Kafka consumers whose close did not finish in time.")
 EMIT_BATCH = Histogram(
@@ -28,3 +28,5 @@ FILTER_EVALUATIONS = Counter(
 ENCODES = Counter("kasocki_message_encodes", "Messages encoded as JSON: once per record on the live tail.")
 HANDOVERS = Counter("kasocki_handovers", "Connections that caught up on their own consumer and joined a live tail.")
 DEMOTIONS = Counter("kasocki_demotions", "Connections that fell behind a live tail's records and read on their own.")
+SSE_STREAMS = Counter("kasocki_sse_streams", "HTTP streams (/v2/stream/...) answered, by status.", ["status"])
+SSE_PROGRESS = Counter("kasocki_sse_progress_events", "Id-only events that carried an HTTP stream's position forward.")

@@ -66,7 +66,7 @@ class LiveProcess(models.Model):
 
 
 class LiveConnection(models.Model):
-    """A socket.io client connected to one of the server processes, as that process last published it.
+    """A client (socket.io or HTTP stream) connected to one of the server processes, as that process last published it.
 
     Each process writes only its own rows, when they change (see registry.py); the admin reads
     them and asks for disconnects through ``DisconnectRequest``.
@@ -74,6 +74,9 @@ class LiveConnection(models.Model):
 
     process = models.CharField(max_length=255, help_text="host:pid of the server process.")
     sid = models.CharField("socket.io sid", max_length=64)
+    transport = models.CharField(
+        max_length=16, default="socket.io", help_text="socket.io, or sse for an HTTP stream (/v2/stream/...)."
+    )
     address = models.CharField("client address", max_length=255, blank=True)
     username = models.CharField("user", max_length=150, blank=True)
     subscriptions = models.JSONField(null=True, blank=True, help_text="Assigned partitions and starting offsets.")

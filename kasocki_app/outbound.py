@@ -27,8 +27,12 @@ from engineio import packet as eio_packet
 
 from . import jsonshim, metrics
 from .polling import carried_bytes
+from .types import Taken
 
 logger = logging.getLogger(__name__)
+
+# Where an HTTP request's scope carries the ASGI server's send callable (see ``server_transport``).
+SEND_KEY = "kasocki.send"
 
 
 class ServerTransport:
@@ -195,6 +199,8 @@ class BacklogMeteredApp:
     async def _serve_http(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         sid = _long_poll_sid(scope, getattr(self.app, "engineio_path", None))
         if sid is None or self.sio is None:
+            # An HTTP stream (sse_view) measures its client's backlog through the server's transport.
+            scope[SEND_KEY] = send
             await self.app(scope, receive, send)
             return
         watch = LongPollWatch(receive, send, functools.partial(self._end_poll, sid))
@@ -233,6 +239,9 @@ class Outbound:
         self.bytes_sent += len(encoded)
         metrics.BYTES_SENT.inc(len(encoded))
         await self._sio.eio.send(self.eio_sid, encoded)
+
+    async def emit_message(self, taken: Taken) -> None:
+        await self.emit("message", taken[1])
 
     def backlog(self) -> int:
         """Bytes sent to this client that it has not yet taken off the wire."""

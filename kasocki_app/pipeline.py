@@ -125,7 +125,7 @@ class Pipeline:
                     if record.failure != BUILT_NOTHING:
                         self._skip(record.record, record.failure or "", log=record.first_failure())
                 elif predicate is None or record.passes(self._filter_key, predicate, shared):
-                    taken.append((record.topic, record.encoded(shared)))
+                    taken.append((record.topic, record.encoded(shared), record.partition, record.offset))
                 else:
                     filtered += 1
                 continue
@@ -148,7 +148,7 @@ class Pipeline:
                 evaluated += 1
                 if predicate is None or predicate(message):
                     message["_kafka"] = kafka_meta(record)
-                    taken.append((topic, message))
+                    taken.append((topic, message, partition, offset))
                 else:
                     filtered += 1
                 continue
@@ -157,7 +157,7 @@ class Pipeline:
                 continue
             evaluated += 1
             if predicate is None or predicate(built):
-                taken.append((topic, built))
+                taken.append((topic, built, partition, offset))
             else:
                 filtered += 1
         if filtered:

@@ -124,6 +124,7 @@ def row_of(connection: Connection, latest: dict[tuple[str, int], int]) -> Row:
     assignments = connection.assignments
     return {
         "sid": connection.sid,
+        "transport": connection.transport,
         "address": connection.address,
         "username": connection.principal.username,
         "subscriptions": None if assignments is None else [a.to_dict() for a in assignments],

@@ -18,7 +18,7 @@ from .conf import conf
 from .namespace import KasockiNamespace
 from .outbound import BacklogMeteredApp, unsent_bytes
 from .polling import EngineServer
-from .service import Service
+from .service import Service, serve
 from .websocket import WebSocketSession
 
 
@@ -124,6 +124,7 @@ def build_server(service: Service | None = None) -> socketio.AsyncServer:
         engineio_logger=logs.library_logger("kasocki_app.engineio"),
     )
     service = service or Service()
+    serve(service)
     sio.register_namespace(KasockiNamespace(service))
     collector.register(service)
     _servers.add(sio)

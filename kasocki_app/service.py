@@ -24,7 +24,7 @@ from .tailing import TailReader
 from .types import Outbound
 from .watch import ClusterWatch
 
-__all__ = ["Connection", "ConsumerBudget", "Service"]
+__all__ = ["Connection", "ConsumerBudget", "Service", "process_service", "serve"]
 
 
 class ConsumerBudget:
@@ -61,10 +61,19 @@ class Service:
         # Process-wide tasks (the registry publisher), started lazily: daphne sends no lifespan events.
         self.background: set[asyncio.Task[Any]] = set()
 
-    def open(self, sid: str, outbound: Outbound, principal: Principal = ANONYMOUS, address: str = "") -> Connection:
+    def open(
+        self,
+        sid: str,
+        outbound: Outbound,
+        principal: Principal = ANONYMOUS,
+        address: str = "",
+        transport: str = "socket.io",
+    ) -> Connection:
         """Register an admitted client (see ``limiter``)."""
         self.watch.ensure_started()
-        connection = Connection(sid, outbound, self.open_reader, self.catalog, principal, address, self.watch)
+        connection = Connection(
+            sid, outbound, self.open_reader, self.catalog, principal, address, self.watch, transport
+        )
         self.connections[sid] = connection
         return connection
 
@@ -92,3 +101,20 @@ class Service:
         self.background.difference_update(tasks)
         await self.watch.close()
         await self.tail.close()
+
+
+_process_service: Service | None = None
+
+
+def serve(service: Service) -> None:
+    """Make ``service`` the one this process's HTTP streams join (the socket.io server's: limits are shared)."""
+    global _process_service
+    _process_service = service
+
+
+def process_service() -> Service:
+    """The service of this process: the socket.io server's, or one of its own for a site without socket.io."""
+    if _process_service is None:
+        serve(Service())
+    assert _process_service is not None
+    return _process_service

@@ -150,21 +150,21 @@ class Stream:
             return
         metrics.EMIT_BATCH.observe(len(taken))
         if batch:
-            await self._outbound.emit("messages", [message for _topic, message in taken])
+            await self._outbound.emit("messages", [item[1] for item in taken])
             feed.count_delivered(len(taken))
             return
         gone = feed.pipeline.gone
         running = Phase.RUNNING  # while sending, only stop() or close() changes the phase
         sent = 0
         try:
-            for index, (topic, message) in enumerate(taken):
+            for index, item in enumerate(taken):
                 if self.phase is not running:
                     # stop() arrived mid-batch: keep the rest for the next consume/start.
                     feed.pipeline.give_back(taken[index:])
                     break
-                if topic in gone:
+                if item[0] in gone:
                     continue
-                await self._outbound.emit("message", message)
+                await self._outbound.emit_message(item)
                 sent += 1
         finally:
             feed.count_delivered(sent)

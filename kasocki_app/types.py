@@ -23,10 +23,11 @@ if TYPE_CHECKING:
 # What a reader hands over: a record, or a record of a live tail's ring with what was computed of it once.
 Readable: TypeAlias = "Message | Entry"
 
-# A message ready for the client, with the topic it came from (custom builders need not name it):
-# whatever of a topic that left is still waiting is dropped by that topic. A plain tuple, not a
-# NamedTuple: one is made per delivered message.
-Taken = tuple[str, "Delivered"]
+# A message ready for the client, with the topic, partition and offset of its record (custom builders
+# need not name them): whatever of a topic that left is still waiting is dropped by that topic, and an
+# HTTP stream's event id is the next offset after it. A plain tuple, not a NamedTuple: one is made per
+# delivered message.
+Taken = tuple[str, "Delivered", int, int]
 
 # A message as handed out: a dict, or (from a live tail's ring) its JSON encoded once for every
 # connection, which every encoder of the app (orjson) inlines as it is.
@@ -72,6 +73,10 @@ class Outbound(Protocol):
     """How a connection reaches its client (outbound.Outbound; tests use a fake)."""
 
     async def emit(self, event: str, data: Any) -> None: ...
+
+    async def emit_message(self, taken: Taken) -> None:
+        """Send one streamed message (a ``message`` event)."""
+        ...
 
     def backlog(self) -> int:
         """Bytes sent that the client has not taken off the wire yet."""

@@ -297,6 +297,9 @@ class FakeOutbound:
             await self.hold.wait()
         await asyncio.sleep(0)  # a send may let other tasks run, as a socket's does
 
+    async def emit_message(self, taken: Any) -> None:
+        await self.emit("message", taken[1])
+
     def backlog(self) -> int:
         self.probes += 1
         self.changes.notify()

@@ -43,6 +43,9 @@ class FakeOutbound:
     async def emit(self, event: str, data: Any) -> None:
         pass
 
+    async def emit_message(self, taken: Any) -> None:
+        pass
+
     def backlog(self) -> int:
         return 0
 

@@ -1,0 +1,208 @@
+"""An HTTP stream's outbound: what its connection sends, framed as server-sent events or NDJSON.
+
+The connection's stream emits into a buffer that the response body writes out. Its
+backlog is that buffer plus what the ASGI server still holds for the socket, so the
+backpressure and slow-client cut of socket.io streams apply unchanged.
+
+Each message event carries as ``id`` the next offset of every assigned partition
+after that message, so that a client resuming with ``Last-Event-ID`` loses and repeats
+nothing. While a filter skips records or nothing arrives, an id-only event every
+KASOCKI_SSE_PROGRESS_SECONDS carries the position forward (a browser's EventSource
+takes its id without dispatching a message), and a comment every
+KASOCKI_SSE_HEARTBEAT_SECONDS keeps proxies from cutting the idle stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import orjson
+
+from . import jsonshim, metrics
+from .conf import conf
+from .outbound import ServerTransport
+from .types import Position, Taken, TopicPartition
+
+logger = logging.getLogger(__name__)
+
+OK = b":ok\n\n"
+HEARTBEAT = b": heartbeat\n\n"
+# Errors after which the stream ends: a topic left (nothing of it may follow), the client stopped reading.
+FINAL_ERRORS = frozenset({"TopicNotAvailableError", "SlowClientError", "IdleTimeoutError"})
+
+Positions = Callable[[], "dict[TopicPartition, int] | None"]
+
+
+def encode(data: Any) -> bytes:
+    """JSON as the socket.io packets carry it (a live tail's encoded messages are inlined as they are)."""
+    try:
+        return orjson.dumps(data)
+    except TypeError:  # what orjson refuses (integers beyond 64 bits): the same fallback as socket.io's
+        return jsonshim.dumps(data).encode()
+
+
+class EventStream:
+    """The outbound of one HTTP stream (``types.Outbound``), and the body of its response."""
+
+    def __init__(self, ndjson: bool, transport: ServerTransport | None) -> None:
+        self.ndjson = ndjson
+        self.bytes_sent = 0
+        self.ending = False  # nothing more is sent: the body ends after what is pending
+        self._transport = transport
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
+        self._wake: asyncio.Future[None] | None = None
+        self._ids: dict[tuple[str, int], int] = {}  # the next offset of every assigned partition
+        self._progress: Positions = lambda: None
+        self._last_message = self._last_heartbeat = time.monotonic()  # the last message (or id) and comment
+        self.body_started = asyncio.Event()
+
+    def start_at(self, positions: list[Position], progress: Positions) -> None:
+        """Where the subscription starts; ``progress`` gives the positions while the stream holds nothing."""
+        self._ids = {(p.topic, p.partition): p.offset for p in positions}
+        self._progress = progress
+
+    # --- types.Outbound -------------------------------------------------------
+
+    async def emit(self, event: str, data: Any) -> None:
+        if event == "err":
+            self._error(data)
+        elif event == "message":
+            self._write(self._message(encode(data)))
+        elif event == "messages":
+            for message in data:
+                self._write(self._message(encode(message)))
+
+    async def emit_message(self, taken: Taken) -> None:
+        topic, message, partition, offset = taken
+        self._ids[(topic, partition)] = offset + 1
+        self._write(self._message(encode(message)))
+
+    def backlog(self) -> int:
+        total = self._pending_bytes
+        if self._transport is not None:
+            try:
+                total += self._transport.buffered()
+            except Exception:  # a closed transport: nothing more will be sent
+                logger.debug("transport probe failed", exc_info=True)
+        return total
+
+    async def disconnect(self) -> None:
+        self._end()
+
+    async def abort(self) -> None:
+        self._pending.clear()
+        self._pending_bytes = 0
+        if self._transport is not None:
+            self._transport.abort()
+        self._end()
+
+    # --- the response body ----------------------------------------------------
+
+    async def body(self, on_end: Callable[[], Awaitable[None]]) -> AsyncIterator[bytes]:
+        """The bytes to write, as they come; ``on_end`` runs whatever ends the body (the client leaving too)."""
+        self.body_started.set()
+        try:
+            if not self.ndjson:
+                yield OK + self._id_event()
+            progress_due = heartbeat_due = time.monotonic()
+            while True:
+                if self._pending:
+                    chunk = b"".join(self._pending)
+                    self._pending.clear()
+                    self._pending_bytes = 0
+                    yield chunk
+                    continue
+                if self.ending:
+                    return
+                if self.ndjson:
+                    await self._wait(None)
+                    continue
+                now = time.monotonic()
+                progress_due = max(progress_due, self._last_message + conf.sse_progress_seconds)
+                heartbeat_due = max(heartbeat_due, self._last_heartbeat + conf.sse_heartbeat_seconds)
+                if now >= progress_due:
+                    self._send_progress()
+                    progress_due = now + conf.sse_progress_seconds
+                if now >= heartbeat_due:
+                    self._last_heartbeat = now
+                    self._write(HEARTBEAT)
+                    heartbeat_due = now + conf.sse_heartbeat_seconds
+                if not self._pending:
+                    await self._wait(min(progress_due, heartbeat_due) - now)
+        finally:
+            self.ending = True
+            await on_end()
+
+    # --- framing --------------------------------------------------------------
+
+    def _message(self, data: bytes) -> bytes:
+        self._last_message = time.monotonic()
+        if self.ndjson:
+            return data + b"\n"
+        return b"event: message\nid: " + self._id() + b"\ndata: " + data + b"\n\n"
+
+    def _id(self) -> bytes:
+        return orjson.dumps([{"topic": t, "partition": p, "offset": o} for (t, p), o in self._ids.items()])
+
+    def _id_event(self) -> bytes:
+        return b"id: " + self._id() + b"\n\n"
+
+    def _send_progress(self) -> None:
+        """An id-only event with the positions reached, when the stream holds nothing not yet sent."""
+        positions = self._progress()
+        if positions is None:
+            return
+        for tp, offset in positions.items():
+            self._ids[(tp.topic, tp.partition)] = offset
+        self._last_message = time.monotonic()
+        self._write(self._id_event())
+        metrics.SSE_PROGRESS.inc()
+
+    def _error(self, error: dict[str, Any]) -> None:
+        name = error.get("name")
+        if name == "PartitionsChangedError":
+            for added in error.get("added") or ():
+                self._ids[(added["topic"], added["partition"])] = added["offset"]
+        elif name == "OffsetOutOfRangeError" and "topic" in error:
+            self._ids[(error["topic"], error["partition"])] = error["offset"]
+        data = encode(error)
+        if self.ndjson:
+            self._write(b'{"error":' + data + b"}\n")
+        else:
+            self._write(b"event: error\ndata: " + data + b"\n\n")
+        if name in FINAL_ERRORS:
+            topic = error.get("topic")
+            if topic is not None and not self.ndjson:
+                # A reconnecting client resumes the other topics: its last id no longer names this one.
+                self._ids = {tp: offset for tp, offset in self._ids.items() if tp[0] != topic}
+                self._write(self._id_event())
+            self._end()
+
+    def _write(self, chunk: bytes) -> None:
+        if self.ending:
+            return
+        self._pending.append(chunk)
+        self._pending_bytes += len(chunk)
+        self.bytes_sent += len(chunk)
+        metrics.BYTES_SENT.inc(len(chunk))
+        wake = self._wake
+        if wake is not None and not wake.done():
+            wake.set_result(None)
+
+    def _end(self) -> None:
+        self.ending = True
+        wake = self._wake
+        if wake is not None and not wake.done():
+            wake.set_result(None)
+
+    async def _wait(self, timeout: float | None) -> None:
+        self._wake = asyncio.get_running_loop().create_future()
+        try:
+            await asyncio.wait({self._wake}, timeout=timeout)
+        finally:
+            self._wake = None

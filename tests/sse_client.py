@@ -1,0 +1,159 @@
+"""A Python reader of HTTP streams: raw HTTP/1.1 over asyncio, parsed as the SSE spec (and EventSource) does."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+
+
+@dataclass
+class Event:
+    """One dispatched block: ``data`` None for an id-only event (EventSource dispatches no message then)."""
+
+    event: str
+    data: str | None
+    id: str | None  # the id field of this block, if it had one
+    comments: list[str] = field(default_factory=list)
+
+    def json(self) -> Any:
+        assert self.data is not None
+        return orjson.loads(self.data)
+
+
+class Stream:
+    """One response: its status, headers, then its body as SSE events or NDJSON lines."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader = reader
+        self._writer = writer
+        self.status = 0
+        self.headers: dict[str, str] = {}
+        self._chunked = False
+        self._left = -1  # bytes left of the current chunk (or of a Content-Length body)
+        self._buffer = b""
+        self.last_event_id = ""  # as an EventSource keeps it
+        self.comments: list[str] = []
+
+    async def _head(self) -> None:
+        status_line = await self._reader.readline()
+        self.status = int(status_line.split()[1])
+        while True:
+            line = (await self._reader.readline()).decode("latin-1").rstrip("\r\n")
+            if not line:
+                break
+            name, _, value = line.partition(":")
+            self.headers[name.strip().lower()] = value.strip()
+        self._chunked = self.headers.get("transfer-encoding", "").lower() == "chunked"
+        if not self._chunked and "content-length" in self.headers:
+            self._left = int(self.headers["content-length"])
+
+    async def _more(self) -> bool:
+        """Read more of the body into the buffer; False at its end."""
+        if self._chunked:
+            size_line = await self._reader.readline()
+            if not size_line:
+                return False
+            size = int(size_line.split(b";")[0].strip() or b"0", 16)
+            if size == 0:
+                return False
+            data = await self._reader.readexactly(size)
+            await self._reader.readexactly(2)
+            self._buffer += data
+            return True
+        if self._left == 0:
+            return False
+        data = await self._reader.read(65536 if self._left < 0 else min(65536, self._left))
+        if not data:
+            return False
+        if self._left > 0:
+            self._left -= len(data)
+        self._buffer += data
+        return True
+
+    async def body(self) -> bytes:
+        while await self._more():
+            pass
+        data, self._buffer = self._buffer, b""
+        return data
+
+    async def json(self) -> Any:
+        return orjson.loads(await self.body())
+
+    async def line(self, timeout: float = 15) -> str | None:
+        """The next line of the body; None at its end."""
+        async with asyncio.timeout(timeout):
+            while b"\n" not in self._buffer:
+                if not await self._more():
+                    if self._buffer:
+                        line, self._buffer = self._buffer, b""
+                        return line.decode()
+                    return None
+            line, _, self._buffer = self._buffer.partition(b"\n")
+            return line.decode().rstrip("\r")
+
+    async def event(self, timeout: float = 15) -> Event | None:
+        """The next dispatched block (comments before it attached); None at the end of the body."""
+        kind, data, event_id, comments = "", [], None, []
+        async with asyncio.timeout(timeout):
+            while True:
+                line = await self.line(timeout)
+                if line is None:
+                    return None
+                if line == "":
+                    if event_id is None and not data:
+                        if comments:  # a lone comment: keep it for the test, dispatch nothing
+                            self.comments.extend(comments)
+                            comments = []
+                        continue
+                    if event_id is not None:
+                        self.last_event_id = event_id
+                    return Event(kind or "message", "\n".join(data) if data else None, event_id, comments)
+                if line.startswith(":"):
+                    comments.append(line[1:].strip())
+                    continue
+                name, _, value = line.partition(":")
+                value = value[1:] if value.startswith(" ") else value
+                if name == "event":
+                    kind = value
+                elif name == "data":
+                    data.append(value)
+                elif name == "id":
+                    event_id = value
+
+    async def messages(self, count: int, timeout: float = 15) -> list[Any]:
+        """The next ``count`` message events' data, skipping id-only events."""
+        found: list[Any] = []
+        while len(found) < count:
+            event = await self.event(timeout)
+            assert event is not None, f"the stream ended after {len(found)} of {count} messages"
+            if event.data is not None:
+                assert event.event == "message", event
+                found.append(event.json())
+        return found
+
+    async def close(self) -> None:
+        self._writer.close()
+        with contextlib.suppress(Exception):
+            await self._writer.wait_closed()
+
+
+async def open_stream(
+    url: str, headers: dict[str, str] | None = None, method: str = "GET", source: str | None = None
+) -> Stream:
+    """Send a request and read the response's head."""
+    parts = urlsplit(url)
+    local = (source, 0) if source else None
+    reader, writer = await asyncio.open_connection(parts.hostname, parts.port, local_addr=local)
+    target = parts.path + (f"?{parts.query}" if parts.query else "")
+    lines = [f"{method} {target} HTTP/1.1", f"Host: {parts.netloc}"]
+    lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
+    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+    await writer.drain()
+    stream = Stream(reader, writer)
+    await stream._head()
+    return stream

@@ -1,0 +1,242 @@
+"""End to end: HTTP streams (/v2/stream/...) through the live server against the real broker."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import quote
+
+import orjson
+import pytest
+
+from kasocki_app.conf import conf
+from tests.e2e import server_service, wait_until
+from tests.sse_client import Stream, open_stream
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("live_tail")]
+
+
+def id_of(stream_id: str | None) -> dict[tuple[str, int], int]:
+    assert stream_id is not None
+    return {(e["topic"], e["partition"]): e["offset"] for e in orjson.loads(stream_id)}
+
+
+async def opened(url: str, **headers: str) -> Stream:
+    stream = await open_stream(url, headers)
+    assert stream.status == 200, (stream.status, await stream.body())
+    first = await stream.event()  # the position it starts at, right after :ok
+    assert first is not None and first.data is None and stream.comments[0] == "ok", first
+    return stream
+
+
+async def test_latest_messages_stream_with_the_next_offset_of_every_partition(kafka, make_topic, allow, asgi_server):
+    topic = make_topic(partitions=2)
+    allow(topic)
+    kafka.produce(topic, [{"old": True}], partition=0)
+    stream = await open_stream(f"{asgi_server.url}/v2/stream/{topic}")
+    assert stream.status == 200, await stream.body()
+    assert stream.headers["content-type"] == "text/event-stream; charset=utf-8"
+    assert stream.headers["cache-control"] == "no-cache"
+    assert stream.headers["x-accel-buffering"] == "no"
+    start = await stream.event()
+    assert stream.comments == ["ok"]
+    assert start is not None and start.data is None
+    assert id_of(start.id) == {(topic, 0): 1, (topic, 1): 0}  # concrete offsets, never -1
+    kafka.produce(topic, [{"i": 0}, {"i": 1}], partition=1)
+    kafka.produce(topic, [{"i": 2}], partition=0)
+    events = [await stream.event() for _ in range(3)]
+    ids = [id_of(start.id)]
+    for event in events:
+        assert event is not None and event.event == "message"
+        where = event.json()["_kafka"]
+        ids.append(id_of(event.id))
+        # The id names every partition, with the next offset after this message in its own.
+        assert ids[-1][(topic, where["partition"])] == where["offset"] + 1
+        assert all(ids[-1][tp] >= ids[-2][tp] for tp in ids[-2])
+    assert ids[-1] == {(topic, 0): 2, (topic, 1): 2}
+    assert sorted(e.json()["i"] for e in events if e is not None) == [0, 1, 2]
+    await stream.close()
+
+
+async def test_last_event_id_resumes_exactly_and_replaces_the_urls_topics(kafka, make_topic, allow, asgi_server):
+    topic, other = make_topic(partitions=2), make_topic()
+    allow(topic, other)
+    kafka.produce(topic, [{"i": i} for i in range(6)], partition=0)
+    kafka.produce(topic, [{"i": i} for i in range(6, 9)], partition=1)
+    stream = await opened(f"{asgi_server.url}/v2/stream/{topic}")
+    kafka.produce(topic, [{"i": 9}], partition=0)
+    (message,) = await stream.messages(1)
+    await stream.close()
+    last = stream.last_event_id
+    assert id_of(last) == {(topic, 0): 7, (topic, 1): 3}
+    kafka.produce(topic, [{"i": 10}], partition=1)
+    resumed = await opened(f"{asgi_server.url}/v2/stream/{other}", **{"Last-Event-ID": last})
+    assert (await resumed.messages(1))[0]["i"] == 10
+    await resumed.close()
+    # Earlier positions, by offset and by timestamp.
+    earlier = orjson.dumps(
+        [{"topic": topic, "partition": 0, "offset": 4}, {"topic": topic, "partition": 1, "timestamp": 0}]
+    ).decode()
+    again = await opened(f"{asgi_server.url}/v2/stream/{topic}", **{"Last-Event-ID": earlier})
+    got = sorted(m["i"] for m in await again.messages(6))
+    assert got == [4, 5, 6, 7, 8, 9] or got == [4, 5, 6, 7, 8, 10], got
+    await again.close()
+
+
+async def test_since_starts_every_partition_at_a_time(kafka, make_topic, allow, asgi_server):
+    topic = make_topic(partitions=2)
+    allow(topic)
+    base = 1_700_000_000_000
+    kafka.produce(topic, [{"i": 0}], partition=0, timestamp=base)
+    kafka.produce(topic, [{"i": 1}], partition=0, timestamp=base + 2000)
+    kafka.produce(topic, [{"i": 2}], partition=1, timestamp=base + 3000)
+    iso = datetime.fromtimestamp((base + 1000) / 1000, UTC).isoformat().replace("+00:00", "Z")
+    for since in (str(base + 1000), quote(iso)):
+        stream = await opened(f"{asgi_server.url}/v2/stream/{topic}?since={since}")
+        assert sorted(m["i"] for m in await stream.messages(2)) == [1, 2]
+        await stream.close()
+
+
+async def test_filter_skips_records_and_progress_events_carry_the_position(
+    kafka, make_topic, allow, asgi_server, settings
+):
+    settings.KASOCKI_SSE_PROGRESS_SECONDS = 0.3
+    topic = make_topic()
+    allow(topic)
+    wanted = quote(orjson.dumps({"kind": "edit"}).decode())
+    stream = await opened(f"{asgi_server.url}/v2/stream/{topic}?filter={wanted}")
+    kafka.produce(topic, [{"kind": "log"}] * 5 + [{"kind": "edit", "i": 1}] + [{"kind": "log"}] * 4)
+    (message,) = await stream.messages(1)
+    assert message["i"] == 1 and message["_kafka"]["offset"] == 5
+    # The skipped records after it move the position on without a message.
+    deadline = time.monotonic() + 10
+    while id_of(stream.last_event_id)[(topic, 0)] != 10:
+        assert time.monotonic() < deadline, stream.last_event_id
+        event = await stream.event()
+        assert event is not None and event.data is None, event
+    await stream.close()
+    resumed = await opened(f"{asgi_server.url}/v2/stream/{topic}", **{"Last-Event-ID": stream.last_event_id})
+    kafka.produce(topic, [{"kind": "edit", "i": 2}])
+    assert [m["i"] for m in await resumed.messages(1)] == [2]
+    await resumed.close()
+
+
+async def test_heartbeat_comments_keep_an_idle_stream_alive(make_topic, allow, asgi_server, settings):
+    settings.KASOCKI_SSE_HEARTBEAT_SECONDS = 0.2
+    settings.KASOCKI_SSE_PROGRESS_SECONDS = 0.2
+    topic = make_topic()
+    allow(topic)
+    stream = await opened(f"{asgi_server.url}/v2/stream/{topic}")
+    start = stream.last_event_id
+    progress = await stream.event(timeout=5)
+    assert progress is not None and progress.data is None and progress.id == start  # nothing came: same position
+    while "heartbeat" not in stream.comments + progress.comments:
+        progress = await stream.event(timeout=5)
+        assert progress is not None
+    await stream.close()
+
+
+async def test_ndjson_when_json_is_accepted(kafka, make_topic, allow, asgi_server):
+    topic = make_topic()
+    allow(topic)
+    stream = await open_stream(f"{asgi_server.url}/v2/stream/{topic}", {"Accept": "application/json"})
+    assert stream.status == 200
+    assert stream.headers["content-type"] == "application/json; charset=utf-8"
+    await wait_until(lambda: any(c.transport == "sse" for c in server_service().connections.values()))
+    await wait_until(lambda: all(c.stream.streaming for c in server_service().connections.values()))
+    kafka.produce(topic, [{"i": 0}, {"i": 1}])
+    lines = [await stream.line(), await stream.line()]
+    assert [orjson.loads(line)["i"] for line in lines if line] == [0, 1]
+    await stream.close()
+
+
+@pytest.mark.parametrize(
+    ("path", "headers", "status", "name"),
+    [
+        ("{topic}?since=yesterday", {}, 400, "InvalidArgumentError"),
+        ("{topic}?since=-5", {}, 400, "InvalidArgumentError"),
+        ("{topic}?filter=%7Bnot-json", {}, 400, "InvalidFilterError"),
+        ("{topic}?filter=%5B1%5D", {}, 400, "InvalidFilterError"),
+        ("{topic}", {"Last-Event-ID": "not json"}, 400, "InvalidAssignmentError"),
+        ("{topic}", {"Last-Event-ID": '[{"topic": "{topic}", "partition": 0}]'}, 400, "InvalidAssignmentError"),
+        ("{topic}", {"Last-Event-ID": '[{"topic": "{topic}", "partition": 0, "offset": -3}]'}, 400, "InvalidAssignmentError"),
+        ("{topic},", {}, 400, "InvalidAssignmentError"),
+        ("no-such-topic", {}, 404, "TopicNotAvailableError"),
+        ("{topic}", {"Last-Event-ID": '[{"topic": "forbidden", "partition": 0, "offset": 0}]'}, 404, "TopicNotAvailableError"),
+        ("{topic}", {"Last-Event-ID": '[{"topic": "{topic}", "partition": 7, "offset": 0}]'}, 404, "PartitionNotAvailableError"),
+    ],
+)
+async def test_refusals_before_streaming_are_http_statuses_with_the_error_object(
+    make_topic, allow, asgi_server, path, headers, status, name
+):
+    topic = make_topic()
+    allow(topic)
+    headers = {k: v.replace("{topic}", topic) for k, v in headers.items()}
+    stream = await open_stream(f"{asgi_server.url}/v2/stream/{path.replace('{topic}', topic)}", headers)
+    assert stream.status == status
+    assert stream.headers["content-type"] == "application/json"
+    error = await stream.json()
+    assert error["name"] == name and error["origin"] == "Kasocki" and error["message"], error
+    await stream.close()
+    await wait_until(lambda: not server_service().connections, what="nothing left open")
+    assert server_service().limiter.total == 0
+
+
+async def test_connection_limits_are_shared_with_socketio(make_topic, allow, asgi_server, connect, settings):
+    settings.KASOCKI_MAX_CONNECTIONS_PER_IP = 2
+    topic = make_topic()
+    allow(topic)
+    client = await connect()
+    assert await client.next("ready") == [topic]
+    stream = await opened(f"{asgi_server.url}/v2/stream/{topic}")
+    refused = await open_stream(f"{asgi_server.url}/v2/stream/{topic}")
+    assert refused.status == 429 and refused.headers["retry-after"]
+    assert (await refused.json())["name"] == "TooManyConnectionsError"
+    await refused.close()
+    with pytest.raises(Exception):
+        await connect()  # the socket.io side counts the stream too
+    await stream.close()
+    await wait_until(lambda: server_service().limiter.total == 1, what="the stream released")
+    again = await opened(f"{asgi_server.url}/v2/stream/{topic}")
+    await again.close()
+
+
+async def test_a_topic_leaving_the_whitelist_ends_the_stream_after_its_error(
+    kafka, make_topic, allow, asgi_server, settings
+):
+    topic, other = make_topic(), make_topic()
+    allow(topic, other)
+    stream = await opened(f"{asgi_server.url}/v2/stream/{topic},{other}")
+    kafka.produce(topic, [{"i": 0}])
+    await stream.messages(1)
+    settings.KASOCKI_ALLOWED_TOPICS = [other]
+    error: Any = None
+    while True:
+        event = await stream.event(timeout=15)
+        if event is None:
+            break
+        if event.event == "error":
+            error = event.json()
+        elif event.data is not None:
+            assert error is None, "a message after the error"
+    assert error["name"] == "TopicNotAvailableError" and error["topic"] == topic
+    assert id_of(stream.last_event_id) == {(other, 0): 0}  # a reconnect resumes the topic still allowed
+    await stream.close()
+    await wait_until(lambda: not server_service().connections, what="the stream's connection closed")
+
+
+async def test_streams_show_with_their_transport(make_topic, allow, asgi_server):
+    topic = make_topic()
+    allow(topic)
+    stream = await opened(f"{asgi_server.url}/v2/stream/{topic}")
+    (connection,) = server_service().connections.values()
+    assert connection.transport == "sse" and connection.assignments is not None
+    metrics = await open_stream(f"{asgi_server.url}/metrics")
+    text = (await metrics.body()).decode()
+    await metrics.close()
+    assert 'kasocki_connections_by_transport{transport="sse"} 1.0' in text
+    await stream.close()
+    await wait_until(lambda: not server_service().connections, what="the stream's connection closed")
+    assert conf.sse_progress_seconds > 0
