@@ -30,6 +30,8 @@ FIGURES: list[tuple[str, str, str, str]] = [
     ("scale_fan_in_3", "11c", "  same, level 3 (p99)", "ms"),
     ("scale_fan_in_max", "11d", "  largest N holding p99 <= 1 s, no loss", "conns"),
     ("scale_fan_in_tail_off", "11e", "  same as 11a, KASOCKI_LIVE_TAIL=False (p99)", "ms"),
+    # Printed beside figure 11, which it compares with, though numbered after the scale figures.
+    ("sse_fan_in", "16", "  same as 11a over SSE (HTTP streams) (p99)", "ms"),
     ("idle_memory", "12a", "idle: server RSS per started connection", "KB"),
     ("idle_cpu", "12b", "idle: server CPU per 1,000 started clients", "core"),
     ("catchup_storm", "13", "catch-up storm: until the last handover", "s"),
@@ -116,6 +118,8 @@ TARGETS = [
     Target("scale_fan_in_3", "10,000 clients: p99 <= 250 ms", "p99_ms", "<=", 250, 10_000),
     Target("scale_fan_in_3", "10,000 clients: server RSS <= 1.5 GB", "rss_mb", "<=", 1536, 10_000),
     *_scale("scale_fan_in_3", 10_000, ""),
+    *_scale("sse_fan_in", 1000, "SSE, "),
+    Target("sse_fan_in", "1,000 clients: SSE, wrong offsets or ids = 0", "inexact", "<=", 0, 1000),
     Target("idle_memory", "10,000 idle connections: <= 60 KB each", "rss_per_connection_kb", "<=", 60, 10_000),
     Target("idle_cpu", "1,000 idle clients: <= 0.05 core", "cpu_per_1000", "<=", 0.05, 1000),
     Target("catchup_storm", "storm: clients with wrong offsets = 0", "inexact", "<=", 0, 1000),
@@ -216,6 +220,11 @@ def detail(key: str, fig: dict[str, Any], figures: dict[str, Any]) -> str:
             f"after {_num(m.get('seconds'))} s, from a {_num(m.get('baseline_rss_mb'))} MB baseline; "
             f"still growing {_num(m.get('late_growth_mb_per_s'), 1)} MB/s at the end"
         )
+    if key == "sse_fan_in" and (io := figures.get("scale_fan_in_1", {}).get("median")):  # beside socket.io's
+        return scale_detail(key, fig, m) + (
+            f"; socket.io (11a): {_num(io.get('clients'))} clients, p50 {_num(io.get('p50_ms'), 1)} ms, "
+            f"p99 {_num(io.get('p99_ms'), 1)} ms, RSS {_num(io.get('rss_mb'))} MB, {_num(io.get('threads'))} threads"
+        )
     return scale_detail(key, fig, m) or cpu
 
 
@@ -226,12 +235,13 @@ def _na(value: Any, digits: int = 0) -> str:
 
 
 def scale_detail(key: str, fig: dict[str, Any], m: dict[str, Any]) -> str:
-    if key.startswith("scale_fan_in") and key != "scale_fan_in_max":
+    if (key.startswith("scale_fan_in") and key != "scale_fan_in_max") or key == "sse_fan_in":
         return (
             f"{_num(m.get('clients'))} of {_num(fig.get('wanted_clients'))} clients, "
             f"p50 {_num(m.get('p50_ms'), 1)} ms, "
             f"received {_num(m.get('received_min'))}-{_num(m.get('received_max'))} of {_num(m.get('records'))} each, "
             f"lost/client max {_num(m.get('lost_max'))} (total {_num(m.get('lost_total'))}), "
+            f"{_num(m.get('inexact'))} with wrong offsets{' or ids' if key == 'sse_fan_in' else ''}, "
             f"RSS {_num(m.get('rss_mb'))} MB, {_num(m.get('threads'))} threads, "
             f"{_num(m.get('broker_connections'))} broker conns, consumers {_na(m.get('consumers'))}, {_cpu(m)}"
         )

@@ -640,6 +640,7 @@ def main(argv: list[str] | None = None) -> int:
         "--budget", type=float, help="seconds after which no new figure starts (default 1800; 240 with --quick)"
     )
     parser.add_argument("--fan-clients", type=int, help="clients for figure 8 (default 1000; 50 with --quick)")
+    parser.add_argument("--sse-clients", type=int, help="SSE clients for figure 16 (default 1000; 100 with --quick)")
     parser.add_argument(
         "--scale-levels", help="the three client counts of figure 11 (default 1000,3000,10000; 50,100,200 with --quick)"
     )
@@ -671,6 +672,8 @@ def main(argv: list[str] | None = None) -> int:
         if len(levels) != 3 or any(n < 1 for n in levels):
             parser.error("--scale-levels takes three client counts, e.g. 1000,3000,10000")
         scale_plan = replace(scale_plan, fan_levels=(levels[0], levels[1], levels[2]))
+    if args.sse_clients:
+        scale_plan = replace(scale_plan, sse_clients=args.sse_clients)
     # Thousands of sockets in the servers and the client processes: they inherit this limit.
     raise_open_files()
     bench = Bench(args, plan, scale_plan)

@@ -10,7 +10,9 @@ log (lost = expected - received). Then a coarse search for
 the largest N that holds p99 <= 1 s with no loss: doubling from the top level up
 to what the open-file limit allows, then one bisect step, within a time bound.
 The same at the first level with ``KASOCKI_LIVE_TAIL=False`` is printed for
-comparison (every client its own consumer: bounded by ``KASOCKI_MAX_CONSUMERS``).
+comparison (every client its own consumer: bounded by ``KASOCKI_MAX_CONSUMERS``),
+and figure 16 measures one level the same way with SSE clients (HTTP streams,
+``GET /v2/stream/<topic>``) instead of socket.io ones.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ HOLD_P99_MS = 1000.0  # what the search holds
 
 @dataclass(frozen=True)
 class ScalePlan:
-    """Counts and time bounds of figures 11-15."""
+    """Counts and time bounds of figures 11-16."""
 
     fan_levels: tuple[int, int, int]
     fan_rate: float  # msg/s in total over the topic
@@ -47,6 +49,7 @@ class ScalePlan:
     fan_search_seconds: float  # time bound of the search above the top level
     fan_ramp: float  # seconds, at most, to open one level's clients
     tail_off_clients: int
+    sse_clients: int  # figure 16
     idle_clients: int
     idle_cpu_clients: int
     idle_cpu_seconds: float
@@ -67,7 +70,7 @@ class ScalePlan:
 FULL_SCALE = ScalePlan(
     fan_levels=(1000, 3000, 10_000), fan_rate=2.0, fan_processes=8, fan_concurrency=25,
     fan_warmup=3.0, fan_window=15.0, fan_drain=10.0, fan_settle=60.0, fan_search_seconds=360.0, fan_ramp=300.0,
-    tail_off_clients=1000,
+    tail_off_clients=1000, sse_clients=1000,
     idle_clients=10_000, idle_cpu_clients=1000, idle_cpu_seconds=20.0,
     storm_clients=1000, storm_behind=1250, storm_rate=20.0, storm_cap=300.0,
     group_clients=2000, group_filters=20, group_rate=500.0, group_window=15.0, group_ramp=180.0,
@@ -76,13 +79,18 @@ FULL_SCALE = ScalePlan(
 QUICK_SCALE = ScalePlan(
     fan_levels=(50, 100, 200), fan_rate=2.0, fan_processes=2, fan_concurrency=20,
     fan_warmup=1.0, fan_window=4.0, fan_drain=5.0, fan_settle=10.0, fan_search_seconds=45.0, fan_ramp=60.0,
-    tail_off_clients=200,
+    tail_off_clients=200, sse_clients=100,
     idle_clients=200, idle_cpu_clients=100, idle_cpu_seconds=5.0,
     storm_clients=100, storm_behind=250, storm_rate=20.0, storm_cap=60.0,
     group_clients=200, group_filters=20, group_rate=200.0, group_window=4.0, group_ramp=30.0,
     backlog_records=20_000,
 )  # fmt: skip
 LEVEL_KEYS = ("scale_fan_in_1", "scale_fan_in_2", "scale_fan_in_3")
+# Clients per client process. Figure 11's swarm is sized for its largest level (10,000 clients: 8 processes),
+# so its 1,000-client level is spread over 8 processes: figure 16 spreads its clients as thinly, so that
+# the two differ by the protocol, not by how far the clients' event loops lag.
+PER_PROCESS = 1250
+SSE_PER_PROCESS = 125
 
 
 class Host(Protocol):
@@ -110,8 +118,11 @@ class Host(Protocol):
 class FanIn:
     """One server, its clients and a producer, measured level after level."""
 
-    def __init__(self, host: Host, plan: ScalePlan, topic: str, server: ServerProcess, swarm: Swarm) -> None:
+    def __init__(
+        self, host: Host, plan: ScalePlan, topic: str, server: ServerProcess, swarm: Swarm, kind: str = "socketio"
+    ) -> None:
         self.host, self.plan, self.topic, self.server, self.swarm = host, plan, topic, server, swarm
+        self.kind = kind  # of the clients: "socketio" or "sse"
         self.ends = LogEnds(host.bootstrap, topic, PARTITIONS)
         self.stats = ProcessStats(server.pid, broker_port(host.bootstrap))
         self.producer: subprocess.Popen[bytes] | None = None
@@ -143,6 +154,7 @@ class FanIn:
                 ramp=plan.fan_ramp,
                 subscribe=self.topic,
                 concurrency=concurrency or plan.fan_concurrency,
+                kind=self.kind,
             )
             if ramp["opened"]:
                 self.open_rate = (self.swarm.clients - before) / max(ramp["seconds"], 0.1)
@@ -267,23 +279,26 @@ async def run_levels(
     levels: list[int],
     search_seconds: float,
     concurrency: int | None = None,
+    kind: str = "socketio",
 ) -> dict[str, Any]:
-    """A fresh server and swarm through ``levels``, then (if ``search_seconds``) the search."""
+    """A fresh server and swarm of ``kind`` clients through ``levels``, then (if ``search_seconds``) the search."""
     name = "uvicorn-scale" if extra_env is None else "uvicorn-scale-tail-off"
+    name += "-sse" if kind == "sse" else ""
     server = host.server(name, extra_env=extra_env, backlog=SCALE_BACKLOG)
     swarm: Swarm | None = None
     fan: FanIn | None = None
     try:
         idle = describe(ProcessStats(server.pid, broker_port(host.bootstrap)).sample(connections=True))
-        processes = min(plan.fan_processes, max(1, math.ceil(max(levels) / 1250)))
+        per_process = SSE_PER_PROCESS if kind == "sse" else PER_PROCESS
+        processes = min(plan.fan_processes, max(1, math.ceil(max(levels) / per_process)))
         swarm = await Swarm.start(server.url, PARTITIONS, processes, host.env, host.scratch / f"{name}-clients.log")
-        fan = FanIn(host, plan, topic, server, swarm)
+        fan = FanIn(host, plan, topic, server, swarm, kind)
         measured = {n: await fan.level(n, concurrency) for n in levels}
         found = None
         if search_seconds > 0:
             cap = raise_open_files() - 1000  # the server holds a descriptor per client
             found = await search(fan, measured, cap, time.monotonic() + search_seconds)
-        return {"idle_server": idle, "measured": measured, "search": found}
+        return {"idle_server": idle, "measured": measured, "search": found, "client_processes": processes}
     finally:
         if fan is not None:
             fan.stop_producer()

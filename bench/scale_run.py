@@ -1,8 +1,8 @@
-"""Figures 11-15 in the run: their topics, their order, and their entries in the report.
+"""Figures 11-16 in the run: their topics, their order, and their entries in the report.
 
-They come after figures 1-10, heaviest first (the fan-in at scale), each against a
-fresh server with the live tail at its default; ``--only core`` leaves them out,
-``--only scale`` runs only them.
+They come after figures 1-10, heaviest first (the fan-in at scale, then the same
+over SSE, figure 16), each against a fresh server with the live tail at its default;
+``--only core`` leaves them out, ``--only scale`` runs only them.
 """
 
 from __future__ import annotations
@@ -19,10 +19,19 @@ from bench.scale import LEVEL_KEYS, PARTITIONS, Host, ScalePlan
 # Runs a coroutine on a fresh event loop (``bench.run.arun``).
 Arun = Callable[[Coroutine[Any, Any, dict[str, Any]]], dict[str, Any]]
 FAN_KEYS = (*LEVEL_KEYS, "scale_fan_in_max")
-KEYS = (*FAN_KEYS, "scale_fan_in_tail_off", "idle_memory", "idle_cpu", "catchup_storm", "filter_groups", "full_reader")
+KEYS = (
+    *FAN_KEYS,
+    "scale_fan_in_tail_off",
+    "sse_fan_in",
+    "idle_memory",
+    "idle_cpu",
+    "catchup_storm",
+    "filter_groups",
+    "full_reader",
+)
 # The topics of the scale figures (all with 4 partitions) and the figures that need each.
 TOPICS = {
-    "scale": {*FAN_KEYS, "scale_fan_in_tail_off"},
+    "scale": {*FAN_KEYS, "scale_fan_in_tail_off", "sse_fan_in"},
     "idle": {"idle_memory", "idle_cpu"},
     "storm": {"catchup_storm"},
     "groups": {"filter_groups"},
@@ -31,7 +40,7 @@ TOPICS = {
 
 
 class Run(Host, Protocol):
-    """What figures 11-15 use of the run (``bench.run.Bench``) besides ``Host``."""
+    """What figures 11-16 use of the run (``bench.run.Bench``) besides ``Host``."""
 
     figures: dict[str, Any]
 
@@ -53,7 +62,7 @@ def _partial(fig: dict[str, Any], clients: int, wanted: int) -> dict[str, Any]:
 
 
 def run(bench: Run, plan: ScalePlan, topics: dict[str, str], arun: Arun) -> None:
-    """Every wanted figure of 11-15, each recorded in ``bench.figures`` (a failure as that figure's error)."""
+    """Every wanted figure of 11-16, each recorded in ``bench.figures`` (a failure as that figure's error)."""
     fan = [key for key in FAN_KEYS if bench.wanted(key)]
     if fan:
         with bench.measuring(*fan):
@@ -80,6 +89,20 @@ def run(bench: Run, plan: ScalePlan, topics: dict[str, str], arun: Arun) -> None
             title = f"  same, {n:,} clients, KASOCKI_LIVE_TAIL=False (p99)"
             bench.figures["scale_fan_in_tail_off"] = scale.level_figure(
                 "scale_fan_in_tail_off", result["measured"][n], title, live_tail=False
+            )
+
+    if bench.wanted("sse_fan_in"):
+        with bench.measuring("sse_fan_in"):
+            n = plan.sse_clients
+            result = arun(scale.run_levels(bench, plan, topics["scale"], None, [n], 0.0, kind="sse"))
+            title = f"  same as 11a over SSE, {n:,} clients (p99)"
+            bench.figures["sse_fan_in"] = scale.level_figure(
+                "sse_fan_in",
+                result["measured"][n],
+                title,
+                idle_server=result["idle_server"],
+                client_processes=result["client_processes"],
+                transport="SSE: GET /v2/stream/<topic>",
             )
 
     idle = [key for key in ("idle_memory", "idle_cpu") if bench.wanted(key)]

@@ -1,9 +1,10 @@
 """Many clients over several processes (``bench/swarm_worker.py``), driven as one, and the server's /metrics.
 
     swarm = await Swarm.start(url, partitions=4, processes=8, env=env, log=path)
-    await swarm.open(10_000, subscribe=topic)            # spread over the processes
-    await swarm.window(from_offsets)                     # count from here, record latencies
-    merged = await swarm.collect(until=end_offsets)      # lost per client, exactness, p50/p99
+    await swarm.open(10_000, subscribe=topic)              # spread over the processes
+    await swarm.open(1_000, subscribe=topic, kind="sse")   # or HTTP streams (SSE)
+    await swarm.window(from_offsets)                       # count from here, record latencies
+    merged = await swarm.collect(until=end_offsets)        # lost per client, exactness, p50/p99
 
 Worker ``i`` connects from 127.0.0.(2 + i): each source address has its own
 ephemeral port range, and the figures never run short of ports.
@@ -169,6 +170,7 @@ class Swarm:
             "disconnected": sum(r["disconnected"] for r in replies),
             "clients_with_gaps": sum(r["clients_with_gaps"] for r in replies),
             "clients_with_disorder": sum(r["clients_with_disorder"] for r in replies),
+            "clients_with_wrong_ids": sum(r["clients_with_wrong_ids"] for r in replies),  # SSE clients only
             "samples": sum(latency.values()),
             "p50_ms": hist_percentile(latency, 50),
             "p99_ms": hist_percentile(latency, 99),

@@ -10,6 +10,11 @@ consecutive. Per message that is a few integer operations, so the figures can
 check every client's offsets exactly. Delivery latencies (receive - ``sent_at``)
 are counted in a histogram of 0.1 ms buckets, merged by the parent.
 
+A client is a socket.io one (``bench/client.py``) or, with ``"kind": "sse"``, an
+HTTP stream (``bench/sse_client.py``): ``subscribe`` is then the stream's topics,
+or assignments with offsets sent as its ``Last-Event-ID``; it starts at once. Each
+SSE message's ``id`` must hold its partition's next offset (the offset + 1).
+
 Commands are JSON lines on stdin; each is answered by one JSON line on stdout.
 """
 
@@ -22,22 +27,31 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
 from bench.client import LeanClient
 from bench.servers import raise_open_files
+from bench.sse_client import SSEClient, id_holds
 
 BUCKETS_PER_SECOND = 10_000  # latency histogram resolution: 0.1 ms
+
+
+class Client(Protocol):
+    """What the worker uses of a client, socket.io or SSE."""
+
+    @property
+    def closed(self) -> asyncio.Future[None]: ...
+    async def close(self) -> None: ...
 
 
 class Tracked:
     """One client and what it received, per partition."""
 
-    __slots__ = ("broken_at", "client", "counted", "disorder", "first", "gaps", "last")
+    __slots__ = ("broken_at", "client", "counted", "disorder", "first", "gaps", "ids_wrong", "last")
 
-    def __init__(self, client: LeanClient, partitions: int) -> None:
+    def __init__(self, client: Client, partitions: int) -> None:
         self.client = client
         self.first = [-1] * partitions
         self.last = [-1] * partitions
@@ -45,6 +59,7 @@ class Tracked:
         self.gaps = 0  # an offset more than one after the previous (expected under a filter)
         self.disorder = 0  # an offset at or before the previous: a duplicate or a reordering
         self.broken_at: list[int] | None = None  # the first [partition, previous offset, offset] not consecutive
+        self.ids_wrong = 0  # SSE messages whose id does not hold their partition's next offset
 
 
 class Worker:
@@ -85,7 +100,28 @@ class Worker:
 
         return on_message
 
+    def sse_handler(self, tracked: Tracked) -> Callable[[dict[str, Any], bytes | None], None]:
+        on_message = self.handler(tracked)
+
+        def on_event(message: dict[str, Any], event_id: bytes | None) -> None:
+            on_message(message)
+            if not id_holds(event_id, message["_kafka"]):
+                tracked.ids_wrong += 1
+
+        return on_event
+
+    async def _open_sse(self, command: dict[str, Any]) -> Tracked:
+        timeout = command.get("timeout", 60.0)
+        client = await SSEClient.connect(
+            self.url, command["subscribe"], filter=command.get("filter"), timeout=timeout, source=self.source
+        )
+        tracked = Tracked(client, self.partitions)
+        client.on_message(self.sse_handler(tracked))
+        return tracked
+
     async def _open_one(self, command: dict[str, Any]) -> Tracked:
+        if command.get("kind") == "sse":
+            return await self._open_sse(command)
         timeout = command.get("timeout", 60.0)
         client = await LeanClient.connect(self.url, timeout=timeout, source=self.source)
         try:
@@ -168,6 +204,7 @@ class Worker:
             "disorder": sum(t.disorder for t in self.clients),
             "clients_with_gaps": sum(1 for t in self.clients if t.gaps),
             "clients_with_disorder": sum(1 for t in self.clients if t.disorder),
+            "clients_with_wrong_ids": sum(1 for t in self.clients if t.ids_wrong),
             "disconnected": sum(1 for t in self.clients if t.client.closed.done()),
             "latency": list(self.latency.items()),
         }
@@ -184,7 +221,7 @@ class Worker:
             for index, t in enumerate(self.clients):
                 # Wrong offsets, as opposed to a client short of the end (slow, or disconnected on the way).
                 arrived = all(t.last[p] >= end - 1 for p, _start, end in spans)
-                wrong = t.gaps or t.disorder or (arrived and t.counted != expected)
+                wrong = t.gaps or t.disorder or t.ids_wrong or (arrived and t.counted != expected)
                 wrong = wrong or any(t.last[p] >= end for p, _start, end in spans)  # beyond the log end
                 if first is not None:  # the first offset of each partition that received any
                     wrong = wrong or any(t.first[p] not in (-1, first[p]) for p, _start, _end in spans)
@@ -203,6 +240,7 @@ class Worker:
                     "gaps": self.clients[i].gaps,
                     "disorder": self.clients[i].disorder,
                     "broken_at": self.clients[i].broken_at,
+                    "ids_wrong": self.clients[i].ids_wrong,
                     "disconnected": self.clients[i].client.closed.done(),
                 }
                 for i in inexact[:2]

@@ -1,4 +1,4 @@
-"""The benchmark's lean socket.io client and its client processes work against the live server (no timing)."""
+"""The benchmark's lean socket.io and SSE clients and its client processes work against the live server (no timing)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,11 @@ import asyncio
 import os
 import time
 
+import orjson
 import pytest
 
 from bench.client import LeanClient
+from bench.sse_client import SSEClient, StreamRefused, id_holds
 from bench.swarm import Swarm
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -87,7 +89,44 @@ async def test_lean_client_reports_error_acks(kafka, asgi_server):
         await client.close()
 
 
-async def test_swarm_checks_every_clients_offsets(kafka, make_topic, allow, asgi_server, tmp_path):
+async def test_sse_client_streams_messages_with_ids_at_the_next_offset(kafka, make_topic, allow, asgi_server):
+    topic = make_topic(partitions=2)
+    kafka.produce(topic, records(3), partition=0)
+    kafka.produce(topic, records(2), partition=1)
+    allow(topic)
+    client = await SSEClient.connect(asgi_server.url, [{"topic": topic, "partition": p, "offset": 0} for p in range(2)])
+    try:
+        assert client.status == 200 and client.ok.done()
+        assert sorted((a["partition"], a["offset"]) for a in client.assignment) == [(0, 0), (1, 0)]
+        received: list[tuple[dict, bytes | None]] = []
+        done = asyncio.get_running_loop().create_future()
+
+        def on_message(message: dict, event_id: bytes | None) -> None:
+            received.append((message, event_id))
+            if len(received) == 5 and not done.done():
+                done.set_result(None)
+
+        client.on_message(on_message)
+        await asyncio.wait_for(done, 20)
+        assert sorted((m["_kafka"]["partition"], m["_kafka"]["offset"]) for m, _id in received) == [
+            (0, 0), (0, 1), (0, 2), (1, 0), (1, 1)
+        ]  # fmt: skip
+        assert all(id_holds(event_id, m["_kafka"]) for m, event_id in received)
+        assert received[0][0]["nested"] == {"n": received[0][0]["id"]}
+        assert client.errors == [] and not client.closed.done()
+    finally:
+        await client.close()
+
+
+async def test_sse_client_reports_a_refused_stream(kafka, asgi_server):
+    with pytest.raises(StreamRefused) as refused:
+        await SSEClient.connect(asgi_server.url, "kasocki-bench-not-allowed", timeout=20)
+    assert refused.value.status == 404
+    assert orjson.loads(refused.value.body)["name"] == "TopicNotAvailableError"
+
+
+@pytest.mark.parametrize("kind", ["socketio", "sse"])
+async def test_swarm_checks_every_clients_offsets(kafka, make_topic, allow, asgi_server, tmp_path, kind):
     topic = make_topic(partitions=2)
     allow(topic)
     kafka.produce(topic, [{"id": i, "sent_at": time.time()} for i in range(5)], partition=0)
@@ -96,13 +135,14 @@ async def test_swarm_checks_every_clients_offsets(kafka, make_topic, allow, asgi
     try:
         await swarm.window([1, 0])  # count from offset 1 of partition 0
         subscribe = [{"topic": topic, "partition": p, "offset": o} for p, o in ((0, 1), (1, 0))]
-        opened = await swarm.open(3, ramp=30, timeout=20, subscribe=subscribe)
+        opened = await swarm.open(3, ramp=30, timeout=20, subscribe=subscribe, kind=kind)
         assert (opened["clients"], opened["failed"]) == (3, 0), opened["failures"]
         caught_up, _waited = await swarm.wait_caught_up([5, 3], timeout=20)
         assert caught_up == 3
         merged = await swarm.collect(until=[5, 3], expect_first=[1, 0])
         assert (merged["clients"], merged["received_min"], merged["received_max"]) == (3, 7, 7)
         assert (merged["lost_total"], merged["inexact"], merged["behind"], merged["samples"]) == (0, 0, 0, 21)
+        assert merged["clients_with_wrong_ids"] == 0
         wrong = await swarm.collect(until=[5, 3], expect_first=[0, 0])  # a first offset not asked for
         assert wrong["inexact"] == 3
     finally:
