@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -147,6 +147,8 @@ class BacklogMeteredApp:
     def __init__(self, app: Any) -> None:
         self.app = app
         self.sio: socketio.AsyncServer | None = None  # set by server.build_asgi_application
+        # Answers the HTTP streams' route itself (sse_asgi.serve_if_stream); False: not a stream request.
+        self.serve_stream: Callable[[dict[str, Any], Any, Any], Awaitable[bool]] | None = None
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         try:
@@ -197,9 +199,11 @@ class BacklogMeteredApp:
                 _transports.pop(session["sid"], None)
 
     async def _serve_http(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if self.serve_stream is not None and await self.serve_stream(scope, receive, send):
+            return
         sid = _long_poll_sid(scope, getattr(self.app, "engineio_path", None))
         if sid is None or self.sio is None:
-            # An HTTP stream (sse_view) measures its client's backlog through the server's transport.
+            # An HTTP stream served by Django's view measures its backlog through the server's transport.
             scope[SEND_KEY] = send
             await self.app(scope, receive, send)
             return

@@ -13,7 +13,7 @@ import socketio
 from engineio import packet as eio_packet
 from socketio import packet as sio_packet
 
-from . import collector, jsonshim, logs
+from . import collector, jsonshim, logs, sse_asgi
 from .conf import conf
 from .namespace import KasockiNamespace
 from .outbound import BacklogMeteredApp, unsent_bytes
@@ -132,8 +132,9 @@ def build_server(service: Service | None = None) -> socketio.AsyncServer:
 
 
 def build_asgi_application(django_application: Any, sio: socketio.AsyncServer | None = None) -> BacklogMeteredApp:
-    """socket.io at /socket.io/, every other request to ``django_application``."""
+    """socket.io at /socket.io/, HTTP streams at the app's ``kasocki:stream`` route, everything else to Django."""
     sio = sio or build_server()
     app = BacklogMeteredApp(socketio.ASGIApp(sio, other_asgi_app=django_application, socketio_path="socket.io"))
     app.sio = sio
+    app.serve_stream = sse_asgi.serve_if_stream
     return app

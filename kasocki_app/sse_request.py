@@ -37,7 +37,7 @@ class StreamRequest:
 def parse_stream_request(topics: str, query: Mapping[str, list[str]], headers: Mapping[str, str]) -> StreamRequest:
     """Parse the URL's topics, ``since``, ``filter``, ``Last-Event-ID`` and ``Accept``; raises a KasockiError."""
     names = parse_topics(topics)
-    event_id = (headers.get("Last-Event-ID") or "").strip()
+    event_id = (headers.get("last-event-id") or "").strip()
     since = _one(query, "since")
     subscription: list[Any]
     if event_id and event_id != "[]":
@@ -49,7 +49,7 @@ def parse_stream_request(topics: str, query: Mapping[str, list[str]], headers: M
         subscription = list(names)
     parse_subscription(subscription)  # every error before the connection opens
     raw_filter = _one(query, "filter")
-    return StreamRequest(subscription, parse_filter(raw_filter), wants_ndjson(headers.get("Accept", "")))
+    return StreamRequest(subscription, parse_filter(raw_filter), wants_ndjson(headers.get("accept", "")))
 
 
 def parse_topics(text: str) -> list[str]:

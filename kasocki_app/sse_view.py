@@ -4,6 +4,11 @@ The same engine as socket.io connections: the request becomes a ``Connection`` o
 process's service (same limits, counted together; same access rules; the shared live
 tail), subscribed and started before the response begins, so that every refusal is an
 HTTP status with the error object socket.io clients get (docs/protocol.md).
+
+``answer`` works on a ``StreamQuery``, so that the same code serves both ways in: the
+ASGI wrapper (``sse_asgi``) answers the URL of the ``kasocki:stream`` route itself,
+since Django's handler holds a thread for each request while its response lasts; the
+Django view ``stream`` answers where the app is served without that wrapper.
 """
 
 from __future__ import annotations
@@ -11,9 +16,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from typing import Any
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
-from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse, StreamingHttpResponse
+import orjson
+from django.http import HttpRequest, HttpResponse, HttpResponseBase, StreamingHttpResponse
 
 from . import logs, metrics, registry
 from .access import address_behind_proxies, principal_for
@@ -30,7 +38,7 @@ from .exceptions import (
     TooManyConsumersError,
     TopicNotAvailableError,
 )
-from .outbound import SEND_KEY, server_transport
+from .outbound import SEND_KEY, ServerTransport, server_transport
 from .service import Service, process_service
 from .sse import EventStream
 from .sse_request import parse_stream_request
@@ -39,7 +47,7 @@ from .types import TopicPartition
 
 logger = logging.getLogger(__name__)
 
-# A response Django never began to write (the client left between the view and the body) is closed then.
+# A response never begun (the client left between the answer and the body) is closed then.
 BODY_START_SECONDS = 30.0
 STATUSES: dict[type[KasockiError], int] = {
     AuthenticationFailedError: 401,
@@ -53,6 +61,52 @@ STATUSES: dict[type[KasockiError], int] = {
 }
 EVENT_STREAM = "text/event-stream; charset=utf-8"
 NDJSON = "application/json; charset=utf-8"
+PREFLIGHT = {
+    "Access-Control-Allow-Methods": "GET",
+    "Access-Control-Allow-Headers": "Authorization, Last-Event-ID, Accept, Cache-Control",
+    "Access-Control-Max-Age": "600",
+}
+
+
+class StreamQuery(Protocol):
+    """What ``answer`` reads of a request; headers are looked up by lower-case names."""
+
+    @property
+    def method(self) -> str: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+    @property
+    def query(self) -> Mapping[str, list[str]]: ...
+
+    @property
+    def peer(self) -> str: ...
+
+    @property
+    def origin(self) -> str:
+        """This server's own origin (scheme://host), as the client addressed it."""
+        ...
+
+    @property
+    def cookies(self) -> str:
+        """The Cookie header."""
+        ...
+
+    @property
+    def transport(self) -> ServerTransport | None:
+        """The ASGI server's transport under the response, where it is known."""
+        ...
+
+
+@dataclass
+class Answer:
+    """A response: ``content`` when refused (or preflight), ``body`` when streaming."""
+
+    status: int
+    headers: dict[str, str] = field(default_factory=dict)
+    content: bytes = b""
+    body: AsyncIterator[bytes] | None = None
 
 
 def status_of(error: KasockiError) -> int:
@@ -63,22 +117,22 @@ def status_of(error: KasockiError) -> int:
     return 400
 
 
-def error_response(error: KasockiError, cors: dict[str, str]) -> JsonResponse:
+def refusal(error: KasockiError, cors: dict[str, str]) -> Answer:
     status = status_of(error)
     metrics.SSE_STREAMS.labels(str(status)).inc()
     metrics.ERRORS.labels(error.name).inc()
-    response = JsonResponse(error.to_dict("stream"), status=status, headers=cors)
+    headers = {**cors, "Content-Type": "application/json"}
     if status in (429, 503):
-        response["Retry-After"] = "1" if status == 429 else "5"
+        headers["Retry-After"] = "1" if status == 429 else "5"
     if status == 401:
-        response["WWW-Authenticate"] = "Bearer"
-    return response
+        headers["WWW-Authenticate"] = "Bearer"
+    return Answer(status, headers, orjson.dumps(error.to_dict("stream")))
 
 
-def cors_headers(request: HttpRequest) -> dict[str, str]:
+def cors_headers(query: StreamQuery) -> dict[str, str]:
     """CORS headers for a browser on another origin listed in KASOCKI_ALLOWED_ORIGINS (as engine.io's)."""
-    origin = request.headers.get("Origin")
-    if origin is None or origin == f"{request.scheme}://{request.get_host()}":
+    origin = query.headers.get("origin")
+    if origin is None or origin == query.origin:
         return {}
     allowed = conf.allowed_origins
     if "*" not in allowed and origin not in allowed:
@@ -86,53 +140,44 @@ def cors_headers(request: HttpRequest) -> dict[str, str]:
     return {"Access-Control-Allow-Origin": origin, "Access-Control-Allow-Credentials": "true", "Vary": "Origin"}
 
 
-async def stream(request: HttpRequest, topics: str) -> HttpResponseBase:
+async def answer(query: StreamQuery, topics: str) -> Answer:
+    """The response to a stream request: a refusal, or the started stream's body."""
     try:
-        cors = cors_headers(request)
+        cors = cors_headers(query)
     except KasockiError as exc:
-        return error_response(exc, {})
-    if request.method == "OPTIONS":
-        return HttpResponse(
-            status=204,
-            headers={
-                **cors,
-                "Access-Control-Allow-Methods": "GET",
-                "Access-Control-Allow-Headers": "Authorization, Last-Event-ID, Accept, Cache-Control",
-                "Access-Control-Max-Age": "600",
-            },
-        )
-    if request.method != "GET":
-        return HttpResponse(status=405, headers={**cors, "Allow": "GET, OPTIONS"})
+        return refusal(exc, {})
+    if query.method == "OPTIONS":
+        return Answer(204, {**cors, **PREFLIGHT})
+    if query.method != "GET":
+        return Answer(405, {**cors, "Allow": "GET, OPTIONS"})
     try:
-        wanted = parse_stream_request(topics, dict(request.GET.lists()), request.headers)
+        wanted = parse_stream_request(topics, query.query, query.headers)
     except KasockiError as exc:
-        return error_response(exc, cors)
+        return refusal(exc, cors)
     service = process_service()
-    peer = (request.scope.get("client") or ("",))[0] if hasattr(request, "scope") else request.META.get("REMOTE_ADDR")
-    address = address_behind_proxies(peer or "", request.headers.get("X-Forwarded-For"))
+    address = address_behind_proxies(query.peer, query.headers.get("x-forwarded-for"))
     sid = "sse-" + secrets.token_urlsafe(12)
     logs.bind(sid, address)
     try:
         service.limiter.admit(address)
     except KasockiError as exc:
         logger.info("refused a stream from %s: %s", address, exc.message)
-        return error_response(exc, cors)
+        return refusal(exc, cors)
     try:
-        principal = await principal_for(request.META, _bearer(request))
+        principal = await principal_for({"HTTP_COOKIE": query.cookies}, _bearer(query.headers))
     except KasockiError as exc:
         service.limiter.release(address)
-        return error_response(exc, cors)
+        return refusal(exc, cors)
     except BaseException:
         service.limiter.release(address)
         raise
-    send = getattr(request, "scope", {}).get(SEND_KEY)
-    outbound = EventStream(wanted.ndjson, server_transport(send) if send is not None else None)
+    outbound = EventStream(wanted.ndjson, query.transport)
     connection = service.open(sid, outbound, principal, address, transport="sse")
     try:
         await _begin(connection, wanted.filter, wanted.subscription, outbound)
     except KasockiError as exc:
         await service.close(sid)
-        return error_response(exc, cors)
+        return refusal(exc, cors)
     except BaseException:
         await service.close(sid)
         raise
@@ -140,12 +185,13 @@ async def stream(request: HttpRequest, topics: str) -> HttpResponseBase:
     connection.spawn(_close_unless_read(service, sid, outbound))
     logger.info("%s streams %s to %s as %s", sid, topics, address, principal.username or "anonymous")
     metrics.SSE_STREAMS.labels("200").inc()
-    response = StreamingHttpResponse(
-        outbound.body(lambda: service.close(sid)),
-        content_type=NDJSON if wanted.ndjson else EVENT_STREAM,
-        headers={**cors, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
-    return response
+    headers = {
+        **cors,
+        "Content-Type": NDJSON if wanted.ndjson else EVENT_STREAM,
+        "Cache-Control": "no-cache",
+        "X-Accel-Buffering": "no",
+    }
+    return Answer(200, headers, body=outbound.body(lambda: service.close(sid)))
 
 
 async def _begin(connection: Connection, filter_arg: Any, subscription: list[Any], outbound: EventStream) -> None:
@@ -170,7 +216,7 @@ async def _begin(connection: Connection, filter_arg: Any, subscription: list[Any
 
 
 async def _close_unless_read(service: Service, sid: str, outbound: EventStream) -> None:
-    """Close a stream whose body was never read: Django dropped the response (the client left first)."""
+    """Close a stream whose body was never read: the response was dropped (the client left first)."""
     try:
         async with asyncio.timeout(BODY_START_SECONDS):
             await outbound.body_started.wait()
@@ -179,10 +225,32 @@ async def _close_unless_read(service: Service, sid: str, outbound: EventStream) 
         await service.close(sid)
 
 
-def _bearer(request: HttpRequest) -> dict[str, str] | None:
+def _bearer(headers: Mapping[str, str]) -> dict[str, str] | None:
     """The socket.io ``auth`` payload an ``Authorization: Bearer`` header stands for."""
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
+    scheme, _, token = headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer":
         return None
     return {"token": token.strip()}
+
+
+class DjangoQuery:
+    """A Django request as a ``StreamQuery``."""
+
+    def __init__(self, request: HttpRequest) -> None:
+        self.method = request.method or "GET"
+        self.headers = request.headers
+        self.query = dict(request.GET.lists())
+        scope: dict[str, Any] = getattr(request, "scope", {})
+        self.peer = str((scope.get("client") or (request.META.get("REMOTE_ADDR", ""),))[0])
+        self.origin = f"{request.scheme}://{request.get_host()}"
+        self.cookies = request.META.get("HTTP_COOKIE", "")
+        send = scope.get(SEND_KEY)
+        self.transport = server_transport(send) if send is not None else None
+
+
+async def stream(request: HttpRequest, topics: str) -> HttpResponseBase:
+    """The Django view of the route (the ASGI wrapper answers it first where it serves the app)."""
+    result = await answer(DjangoQuery(request), topics)
+    if result.body is None:
+        return HttpResponse(result.content, status=result.status, headers=result.headers)
+    return StreamingHttpResponse(result.body, status=result.status, headers=result.headers)

@@ -16,7 +16,10 @@ def service_of(*positions: dict[tuple[str, int], int]) -> Any:
     """A service whose connections are at ``positions`` (None: not subscribed)."""
     connections = {
         f"sid-{i}": SimpleNamespace(
-            assignments=None if p is None else [], positions=p or {}, feed=SimpleNamespace(reader=None)
+            assignments=None if p is None else [],
+            positions=p or {},
+            feed=SimpleNamespace(reader=None),
+            transport="sse" if i % 2 else "socket.io",
         )
         for i, p in enumerate(positions)
     }
@@ -38,6 +41,8 @@ def test_lag_is_summed_per_topic_from_the_log_ends(monkeypatch):
     monkeypatch.setattr(cluster.cluster, "log_ends", lambda tps: {tp: ends[tp] for tp in tps if tp in ends})
     samples = gauges(service_of({("a", 0): 4, ("a", 1): 5}, {("a", 0): 9, ("b", 0): 8, ("gone", 0): 3}, None))
     assert samples[("kasocki_connections", ())] == 3
+    assert samples[("kasocki_connections_by_transport", (("transport", "socket.io"),))] == 2
+    assert samples[("kasocki_connections_by_transport", (("transport", "sse"),))] == 1
     assert samples[("kasocki_subscriptions", ())] == 2
     # a: (10 - 4) + (5 - 5) + (10 - 9); b: a position past the end counts as no lag.
     assert samples[("kasocki_consumer_lag", (("topic", "a"),))] == 7

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
+import threading
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -10,8 +13,11 @@ from urllib.parse import quote
 import orjson
 import pytest
 import socketio
+from django.test import AsyncClient
 
+from kasocki_app import sse_view
 from kasocki_app.conf import conf
+from kasocki_app.service import Service
 from tests.e2e import server_service, wait_until
 from tests.sse_client import Stream, open_stream
 
@@ -243,3 +249,45 @@ async def test_streams_show_with_their_transport(make_topic, allow, asgi_server)
     await stream.close()
     await wait_until(lambda: not server_service().connections, what="the stream's connection closed")
     assert conf.sse_progress_seconds > 0
+
+
+async def test_open_streams_hold_no_thread_each(make_topic, allow, asgi_server, live_tail):
+    """Served by the ASGI wrapper, not Django's handler, which keeps a thread per request while it responds."""
+    if not live_tail:
+        pytest.skip("without the live tail every stream has a consumer, and its threads")
+    topic = make_topic()
+    allow(topic)
+    before = threading.active_count()
+    streams = [await opened(f"{asgi_server.url}/v2/stream/{topic}") for _ in range(20)]
+    assert threading.active_count() - before < 5
+    for stream in streams:
+        await stream.close()
+    await wait_until(lambda: not server_service().connections, what="every stream closed")
+
+
+async def test_the_django_view_serves_streams_without_the_asgi_wrapper(kafka, make_topic, allow, monkeypatch):
+    """A site that mounts the app's URLs under Django's own ASGI handler still gets streams."""
+    topic = make_topic()
+    allow(topic)
+    own = Service()
+    monkeypatch.setattr(sse_view, "process_service", lambda: own)
+    client = AsyncClient()
+    try:
+        refused = await client.get("/v2/stream/no-such-topic")
+        assert refused.status_code == 404 and refused.json()["name"] == "TopicNotAvailableError"
+        response = await client.get(f"/v2/stream/{topic}", headers={"Accept": "application/json"})
+        assert response.status_code == 200 and response["Content-Type"] == "application/json; charset=utf-8"
+        (own_connection,) = own.connections.values()
+        assert own_connection.transport == "sse"
+        body = aiter(response.streaming_content)
+        kafka.produce(topic, [{"i": 0}])
+        line = await asyncio.wait_for(anext(body), 15)
+        assert orjson.loads(line)["i"] == 0
+        await body.aclose()  # type: ignore[attr-defined]
+        # Django's wrappers of the body let it go, as when its client leaves: once the response is
+        # dropped, the event loop closes the abandoned generator, and the connection with it.
+        del response, body
+        gc.collect()
+        await wait_until(lambda: own_connection.closed and not own.connections, what="the stream closed")
+    finally:
+        await own.shutdown()

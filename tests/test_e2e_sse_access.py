@@ -87,7 +87,8 @@ async def test_a_stalled_reader_is_bounded_then_cut(kafka, make_topic, allow, as
     reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
     reader.connect(("127.0.0.1", asgi_server.port))
     event_id = orjson.dumps([{"topic": topic, "partition": 0, "offset": 0}]).decode()
-    reader.sendall(f"GET /v2/stream/{topic} HTTP/1.1\r\nHost: 127.0.0.1:{asgi_server.port}\r\nLast-Event-ID: {event_id}\r\n\r\n".encode())
+    host = f"127.0.0.1:{asgi_server.port}"
+    reader.sendall(f"GET /v2/stream/{topic} HTTP/1.1\r\nHost: {host}\r\nLast-Event-ID: {event_id}\r\n\r\n".encode())
     try:
         service = server_service()
         await wait_until(lambda: any(c.transport == "sse" for c in service.connections.values()), what="stream")

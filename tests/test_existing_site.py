@@ -11,10 +11,12 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
+import orjson
 import pytest
 
 from tests.clients import RecordingClient
 from tests.live_server import free_port
+from tests.sse_client import open_stream
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -128,6 +130,13 @@ async def test_readme_steps_in_a_new_project(tmp_path, kafka, make_topic):
         assert await client.next("ready") == [topic]
         assert await client.ok("subscribe", topic) == [{"topic": topic, "partition": 0, "offset": 0}]
         await client.close()
+        # And an HTTP stream under the prefix the site mounted the app's URLs at.
+        kafka.produce(topic, [{"i": 0}])
+        event_id = orjson.dumps([{"topic": topic, "partition": 0, "offset": 0}]).decode()
+        stream = await open_stream(f"{url}/kasocki/v2/stream/{topic}", {"Last-Event-ID": event_id})
+        assert stream.status == 200
+        assert [m["i"] for m in await stream.messages(1)] == [0]
+        await stream.close()
     finally:
         server.terminate()
         server.wait(15)

@@ -20,6 +20,7 @@ from kasocki_app.models import WhitelistedTopic
 from tests.clients import RecordingClient
 from tests.live_server import free_port
 from tests.rawws import RawWebSocket
+from tests.sse_client import open_stream
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -87,7 +88,7 @@ def server(request, kafka, transactional_db) -> Iterator[ServerProcess]:
     process.stop()
 
 
-async def test_server_serves_django_and_socketio(server, make_topic):
+async def test_server_serves_django_socketio_and_streams(server, kafka, make_topic):
     topic = make_topic()
     assert get(f"{server.url}/healthz") == 200
     assert get(f"{server.url}/readyz") == 200
@@ -107,6 +108,14 @@ async def test_server_serves_django_and_socketio(server, make_topic):
     assert await client.next("ready") == [topic]
     assert await client.ok("subscribe", topic) == [{"topic": topic, "partition": 0, "offset": 0}]
     await client.close()
+    # HTTP streams: a message and its id, then a stream ended by the client.
+    kafka.produce(topic, [{"i": 0}])
+    event_id = orjson.dumps([{"topic": topic, "partition": 0, "offset": 0}]).decode()
+    stream = await open_stream(f"{server.url}/v2/stream/{topic}", {"Last-Event-ID": event_id})
+    assert stream.status == 200 and stream.headers["content-type"] == "text/event-stream; charset=utf-8"
+    (message,) = await stream.messages(1)
+    assert message["i"] == 0 and orjson.loads(stream.last_event_id)[0]["offset"] == 1
+    await stream.close()
 
 
 def test_daphne_keeps_a_stalled_client_bounded(kafka, make_topic, transactional_db):

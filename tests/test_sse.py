@@ -61,7 +61,7 @@ def test_last_event_id_replaces_the_urls_topics_and_since():
     event_id = orjson.dumps(
         [{"topic": "b", "partition": 0, "offset": 5}, {"topic": "b", "partition": 1, "timestamp": 1000}]
     ).decode()
-    request = parsed("a", {"Last-Event-ID": event_id}, since="5")
+    request = parsed("a", {"last-event-id": event_id}, since="5")
     assert request.subscription == [
         {"topic": "b", "partition": 0, "offset": 5},
         {"topic": "b", "partition": 1, "timestamp": 1000},
@@ -69,13 +69,13 @@ def test_last_event_id_replaces_the_urls_topics_and_since():
 
 
 def test_a_kafkasse_id_of_minus_one_reads_from_the_latest_offset():
-    request = parsed("a", {"Last-Event-ID": '[{"topic": "a", "partition": 0, "offset": -1}]'})
+    request = parsed("a", {"last-event-id": '[{"topic": "a", "partition": 0, "offset": -1}]'})
     assert request.subscription == [{"topic": "a", "partition": 0}]
 
 
 @pytest.mark.parametrize("header", ["", "  ", "[]"])
 def test_an_empty_last_event_id_is_no_position(header):
-    assert parsed("a", {"Last-Event-ID": header}).subscription == ["a"]
+    assert parsed("a", {"last-event-id": header}).subscription == ["a"]
 
 
 @pytest.mark.parametrize(
@@ -97,7 +97,7 @@ def test_an_empty_last_event_id_is_no_position(header):
 )
 def test_bad_last_event_ids_are_refused(header):
     with pytest.raises(InvalidAssignmentError, match="Last-Event-ID"):
-        parsed("a", {"Last-Event-ID": header})
+        parsed("a", {"last-event-id": header})
 
 
 def test_the_filter_is_json_from_the_url():
@@ -157,7 +157,10 @@ def started(ndjson: bool = False, positions: list[Position] | None = None, progr
 async def test_message_events_carry_the_next_offset_of_every_partition():
     stream = started(positions=[Position("t", 0, 5), Position("t", 1, 7)])
     body = Body(stream)
-    assert await body.next() == b':ok\n\nid: [{"topic":"t","partition":0,"offset":5},{"topic":"t","partition":1,"offset":7}]\n\n'
+    assert (
+        await body.next()
+        == b':ok\n\nid: [{"topic":"t","partition":0,"offset":5},{"topic":"t","partition":1,"offset":7}]\n\n'
+    )
     await stream.emit_message(("t", {"v": 1}, 1, 7))
     assert stream.backlog() > 0
     assert await body.next() == (
