@@ -14,10 +14,12 @@ import orjson
 import pytest
 import socketio
 from django.test import AsyncClient
+from prometheus_client import REGISTRY
 
 from kasocki_app import sse_view
 from kasocki_app.conf import conf
 from kasocki_app.service import Service
+from kasocki_app.tailing import TailReader
 from tests.e2e import server_service, wait_until
 from tests.sse_client import Stream, open_stream
 
@@ -291,3 +293,27 @@ async def test_the_django_view_serves_streams_without_the_asgi_wrapper(kafka, ma
         await wait_until(lambda: own_connection.closed and not own.connections, what="the stream closed")
     finally:
         await own.shutdown()
+
+
+async def test_streams_on_the_live_tail_share_each_records_work(kafka, make_topic, allow, asgi_server, live_tail):
+    if not live_tail:
+        pytest.skip("without the live tail every stream reads and encodes on its own")
+    topic = make_topic()
+    allow(topic)
+    wanted = quote(orjson.dumps({"keep": True}).decode())
+    streams = [await opened(f"{asgi_server.url}/v2/stream/{topic}?filter={wanted}") for _ in range(5)]
+    readers = [c.feed.reader for c in server_service().connections.values()]
+    assert all(isinstance(r, TailReader) and not r.catching_up for r in readers)
+
+    def sample(name: str) -> float:
+        return REGISTRY.get_sample_value(name) or 0.0
+
+    encodes, evaluations = sample("kasocki_message_encodes_total"), sample("kasocki_filter_evaluations_total")
+    kafka.produce(topic, [{"i": i, "keep": i % 2 == 0} for i in range(20)])
+    for stream in streams:
+        assert [m["i"] for m in await stream.messages(10)] == list(range(0, 20, 2))
+    # Each record judged once by the one distinct filter, each passing one encoded once, for all five streams.
+    assert sample("kasocki_filter_evaluations_total") - evaluations == 20
+    assert sample("kasocki_message_encodes_total") - encodes == 10
+    for stream in streams:
+        await stream.close()

@@ -18,6 +18,7 @@ from django.utils import timezone
 from kasocki_app import registry
 from kasocki_app.models import DisconnectRequest, LiveConnection, LiveProcess
 from tests.e2e import server_service, wait_until
+from tests.sse_client import open_stream
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -188,3 +189,23 @@ def test_admin_is_read_only_with_search_and_process_filter(admin_client):
     assert admin_client.post(f"{CHANGELIST}{row.pk}/change/", {"address": "x"}).status_code == 403
     assert admin_client.get(f"{CHANGELIST}{row.pk}/delete/").status_code == 403
     assert LiveConnection.objects.get(pk=row.pk).address == "10.1.1.1"
+
+
+async def test_http_streams_show_with_their_transport_and_can_be_disconnected(
+    make_topic, allow, asgi_server, admin_client
+):
+    topic = make_topic()
+    allow(topic)
+    stream = await open_stream(f"{asgi_server.url}/v2/stream/{topic}")
+    assert stream.status == 200
+    (sid,) = [sid for sid, c in server_service().connections.items() if c.transport == "sse"]
+    row = await eventually(lambda: row_of(sid), "the stream's row")
+    assert row.transport == "sse" and row.subscriptions == [{"topic": topic, "partition": 0, "offset": 0}]
+    page = await changelist(admin_client, transport="sse")
+    assert sid in page and '<td class="field-transport">sse</td>' in page
+    data = {"action": "disconnect_selected", helpers.ACTION_CHECKBOX_NAME: [row.pk], "index": 0}
+    await sync_to_async(admin_client.post)(CHANGELIST, data, follow=True)
+    while await stream.event(timeout=10) is not None:  # the server ends the response
+        pass
+    await wait_until(lambda: sid not in server_service().connections, what="the stream's connection closed")
+    await stream.close()
