@@ -132,12 +132,24 @@ def refusal(error: KasockiError, cors: dict[str, str]) -> Answer:
 def cors_headers(query: StreamQuery) -> dict[str, str]:
     """CORS headers for a browser on another origin listed in KASOCKI_ALLOWED_ORIGINS (as engine.io's)."""
     origin = query.headers.get("origin")
-    if origin is None or origin == query.origin:
+    if origin is None or origin in own_origins(query):
         return {}
     allowed = conf.allowed_origins
     if "*" not in allowed and origin not in allowed:
         raise OriginNotAllowedError(f"origin {origin[:200]!r} may not read streams of this server")
     return {"Access-Control-Allow-Origin": origin, "Access-Control-Allow-Credentials": "true", "Vary": "Origin"}
+
+
+def own_origins(query: StreamQuery) -> set[str]:
+    """This server's origin as addressed, and as a proxy forwarding to it says it was (engine.io's check too)."""
+    own = {query.origin}
+    proto, host = query.headers.get("x-forwarded-proto"), query.headers.get("x-forwarded-host")
+    if proto or host:
+        scheme, _, address = query.origin.partition("://")
+        forwarded_scheme = (proto or scheme).split(",")[0].strip()
+        forwarded_host = (host or address).split(",")[0].strip()
+        own.add(f"{forwarded_scheme}://{forwarded_host}")
+    return own
 
 
 async def answer(query: StreamQuery, topics: str) -> Answer:

@@ -51,6 +51,7 @@ from tests.deployment_stack import (
     render_site,
     self_signed_certificate,
 )
+from tests.sse_client import open_stream
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -570,3 +571,44 @@ async def test_killed_process_clients_reconnect_through_nginx_and_resume_exactly
     assert all(not client.errors for client in pythons), [c.errors for c in pythons]
     survivors = {b.process_id for b in deployment.backends} - {victim}
     assert {process for _, process, _ in now.values()} <= survivors
+
+
+async def test_http_streams_through_nginx_resume_exactly_and_see_the_client_address(deployment):
+    """Server-sent events pass nginx unbuffered, over TLS, with the real client address in the admin's rows."""
+    stream = deployment.topics["stream"]
+    partitions = deployment.partitions["stream"]
+    address = next(deployment.addresses)
+    start = orjson.dumps([{"topic": stream, "partition": p, "offset": 0} for p in range(partitions)]).decode()
+    produced = await asyncio.to_thread(
+        lambda: [deployment.kafka.produce(stream, [{"n": -1}], partition=p)[0] for p in range(partitions)]
+    )
+    wanted = {(p, o) for p, last in produced for o in range(last + 1)}  # everything up to these, from the start
+    seen: list[tuple[int, int]] = []
+    last_id: list[dict[str, Any]] = []
+    headers = {"Last-Event-ID": start, "Origin": deployment.url}
+    response = await open_stream(f"{deployment.url}/v2/stream/{stream}", headers, source=address)
+    try:
+        assert response.status == 200 and response.headers["content-type"] == "text/event-stream; charset=utf-8"
+        while not wanted <= set(seen):
+            event = await response.event(timeout=30)
+            assert event is not None, "the stream ended"
+            if event.id is not None:
+                last_id = orjson.loads(event.id)
+            if event.data is not None:
+                where = event.json()["_kafka"]
+                seen.append((where["partition"], where["offset"]))
+
+        async def published() -> list[tuple[Any, ...]]:
+            return await asyncio.to_thread(
+                deployment.pg.query, "SELECT address FROM kasocki_app_liveconnection WHERE transport = 'sse'"
+            )
+
+        deadline = time.monotonic() + 15
+        while not (rows := await published()):
+            assert time.monotonic() < deadline, "the stream's row was never published"
+            await asyncio.sleep(0.1)
+    finally:
+        await response.close()
+    assert len(seen) == len(set(seen)), "a message arrived twice"
+    assert {entry["partition"] for entry in last_id} == set(range(partitions))  # every partition, always
+    assert rows == [(address,)]  # the client's own address, not nginx's
