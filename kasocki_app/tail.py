@@ -74,6 +74,7 @@ class LiveTail:
         self._reader_key = reader_key
         self._made_with: Hashable = None
         self._reader: Reader | None = None
+        self._opening: dict[TopicPartition, Ring] = {}  # rings of partitions being assigned to the shared reader
         self._pump: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()  # opening rings and the reader, one at a time
         self._swept = 0.0  # when rings nobody reads were last looked for
@@ -103,13 +104,19 @@ class LiveTail:
                 self._reader = await self._open_reader()
                 self._made_with = key
             marks = await self._catalog.watermarks(missing)
-            starts = [Position(tp.topic, tp.partition, marks[tp][1]) for tp in missing]
-            await self._reader.add(starts)
-            for position in starts:
-                ring = Ring(position.tp, position.offset, conf.tail_records, conf.tail_bytes)
+            opening = {tp: Ring(tp, marks[tp][1], conf.tail_records, conf.tail_bytes) for tp in missing}
+            # Filled from the moment the shared reader is assigned them: the pump may read their first
+            # records before this call resumes, and a ring made after that would lack them.
+            self._opening.update(opening)
+            try:
+                await self._reader.add([Position(tp.topic, tp.partition, ring.low) for tp, ring in opening.items()])
+            finally:
+                for tp in opening:
+                    self._opening.pop(tp, None)
+            for tp, ring in opening.items():
                 ring.idle_since = time.monotonic()
-                self.rings[position.tp] = ring
-                logger.info("live tail of %s opened at offset %d", position.tp, position.offset)
+                self.rings[tp] = ring
+                logger.info("live tail of %s opened at offset %d", tp, ring.low)
             if self._pump is None or self._pump.done():
                 self._pump = asyncio.get_running_loop().create_task(self._run(), name=PUMP_NAME)
 
@@ -165,14 +172,15 @@ class LiveTail:
             if topic is None or partition is None:
                 continue
             tp = TopicPartition(topic, partition)
-            if tp not in self.rings:
+            if tp not in self.rings and tp not in self._opening:
                 continue  # fetched before its ring closed
             if record.error() is not None:
-                await self._failed(tp, record)
+                if tp in self.rings:
+                    await self._failed(tp, record)
                 continue
             grown.setdefault(tp, []).append(record)
         for tp, batch in grown.items():
-            ring = self.rings.get(tp)
+            ring = self.rings.get(tp, self._opening.get(tp))
             if ring is None:
                 continue
             metrics.TAIL_RECORDS.inc(ring.append(batch))

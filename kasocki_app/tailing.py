@@ -7,7 +7,7 @@ loop, between two records:
   ring, shared with every other reader there;
 * **behind**: its next offset is older than the ring's oldest record (a position in the
   past, or a reader that fell behind the ring: *demoted*). A private catch-up reader
-  (today's per-connection consumer, within KASOCKI_MAX_CONSUMERS) reads the partition
+  (``catchup.py``: a consumer of its own, within KASOCKI_MAX_CONSUMERS) reads the partition
   until its next offset enters the ring: *handover*; the private reader is closed when no
   partition needs it.
 
@@ -25,8 +25,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import metrics
-from .exceptions import KafkaError, KasockiError, TooManyConsumersError
-from .reader import Reader, ReaderFactory
+from .catchup import CatchUp
+from .exceptions import KafkaError, KasockiError
+from .reader import ReaderFactory
 from .ring import Entry, Ring
 from .tail import LiveTail
 from .types import Position, Readable, TopicPartition
@@ -39,20 +40,12 @@ class TailReader:
 
     def __init__(self, tail: LiveTail, open_private: ReaderFactory) -> None:
         self._tail = tail
-        self._open_private = open_private
+        self._catchup = CatchUp(open_private)  # the private reader of the partitions behind
         self._next: dict[TopicPartition, int] = {}
         self._on_tail: dict[TopicPartition, Ring] = {}
         self._behind: set[TopicPartition] = set()
-        self._private: Reader | None = None
-        self._private_has: set[TopicPartition] = set()  # assigned to the private reader
-        # Assigned to it, but from a position no longer wanted (handed over, seeked, demoted again):
-        # what it reads of them is dropped until they are reassigned at the next offset.
-        self._stale: set[TopicPartition] = set()
-        self._read_before: set[TopicPartition] = set()  # ever assigned to the private reader now open
-        self._errors: list[KafkaError] = []
-        self._carried: list[Readable] = []  # brought by a private read whose caller was cancelled
+        self._errors: list[KafkaError] = []  # the shared reader's, for the client
         self._waiters: list[asyncio.Future[None]] = []  # reads waiting for the rings
-        self._lock = asyncio.Lock()  # changes of the private reader, one at a time
         self._closed = False
 
     # --- what the admin and the metrics read ----------------------------------
@@ -97,12 +90,13 @@ class TailReader:
         taken = await self._take(max_records)
         if taken or timeout <= 0:
             return taken
-        if self._behind or self._private is not None:
+        catchup = self._catchup
+        if self._behind or catchup.reader is not None:
             await self._sync_private()
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[None] = loop.create_future()
         self._waiters.append(waiter)
-        private = self._private if self._behind else None
+        private = catchup.reader if self._behind else None
         if private is None:  # the common case, every reader on the tail: one future and one timer
             timer = loop.call_later(timeout, _release, waiter)
             try:
@@ -112,7 +106,9 @@ class TailReader:
                 with contextlib.suppress(ValueError):
                     self._waiters.remove(waiter)
             return await self._take(max_records)
-        read = asyncio.ensure_future(private.read(max_records, timeout))
+        # What it brings is kept the moment it comes (not when this read resumes): a take meanwhile,
+        # of a consume, must not hand out what the reader read after it first.
+        read = asyncio.ensure_future(catchup.wait(private, max_records, timeout))
         try:
             waits: set[asyncio.Future[Any]] = {waiter, read}
             await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
@@ -122,27 +118,11 @@ class TailReader:
             if not read.done():
                 read.cancel()  # the private reader keeps what its wait brings, for the next read
                 await asyncio.wait({read})
-            self._keep(read)  # also when this read is cancelled: what it brought is the next read's
         return await self._take(max_records)
-
-    def _keep(self, read: asyncio.Future[Sequence[Readable]]) -> None:
-        """What a finished private read brought, for the next take; its failure goes to the client."""
-        if read.cancelled():
-            return
-        failure = read.exception()
-        if failure is None:
-            self._carried.extend(read.result())
-            return
-        if not isinstance(failure, KafkaError):
-            logger.error("a catch-up read failed", exc_info=failure)
-            failure = KafkaError(f"reading Kafka failed: {failure!r}", code="_UNKNOWN")
-        self._errors.append(failure)
 
     def take_errors(self) -> list[KafkaError]:
         errors, self._errors = self._errors, []
-        if self._private is not None:
-            errors += self._private.take_errors()
-        return errors
+        return errors + self._catchup.take_errors()
 
     async def close(self) -> bool:
         if self._closed:
@@ -151,10 +131,7 @@ class TailReader:
         for tp in list(self._next):
             self._leave(tp)
         self._next.clear()
-        async with self._lock:
-            private, self._private = self._private, None
-            self._carried.clear()
-            return True if private is None else await private.close()
+        return await self._catchup.close()
 
     # --- the tail's calls (tail.Listener) -------------------------------------
 
@@ -180,13 +157,13 @@ class TailReader:
             self._join(tp, ring)
         else:
             self._behind.add(tp)
+            self._catchup.entered(tp)
             if ring is not None:
                 ring.behind.add(self)
 
     def _join(self, tp: TopicPartition, ring: Ring) -> None:
         self._behind.discard(tp)
-        if tp in self._private_has:
-            self._stale.add(tp)
+        self._catchup.left(tp)
         ring.behind.discard(self)
         ring.members.add(self)
         ring.idle_since = None
@@ -197,13 +174,13 @@ class TailReader:
         ring.members.discard(self)
         self._left(ring)
         self._behind.add(tp)
+        self._catchup.entered(tp)  # from a private reader that read it before, nothing more of it
         if self._tail.find(tp) is ring:
             ring.behind.add(self)
         metrics.DEMOTIONS.inc()
 
     def _leave(self, tp: TopicPartition) -> None:
-        if tp in self._private_has:
-            self._stale.add(tp)
+        self._catchup.left(tp)
         ring = self._on_tail.pop(tp, None)
         if ring is not None:
             ring.members.discard(self)
@@ -244,12 +221,12 @@ class TailReader:
             found = self._tail.find(tp)
             if found is not None and found.holds(positions[tp]):
                 self._hand_over(tp, found)
-        if self._carried and len(taken) < limit:
-            room = limit - len(taken)
-            carried, self._carried = self._carried[:room], self._carried[room:]
-            taken += self._accept(carried)
-        if len(taken) < limit and self._private is not None and self._behind:
-            taken += self._accept(await self._private.read(limit - len(taken), 0))  # never suspends
+        catchup = self._catchup
+        if catchup.carried and len(taken) < limit:
+            taken += self._accept(catchup.take_carried(limit - len(taken)))
+        if len(taken) < limit and self._behind:
+            # What was taken above is handed out whatever this read meets: its offsets moved on.
+            taken += self._accept(await catchup.read_at_once(limit - len(taken), holding=bool(taken)))
         return taken
 
     def _accept(self, records: Sequence[Readable]) -> list[Readable]:
@@ -263,7 +240,7 @@ class TailReader:
                 accepted.append(record)  # an error of no partition: the connection reports it
                 continue
             tp = TopicPartition(topic, partition)
-            if tp not in self._behind or tp in self._stale:
+            if tp not in self._behind or not self._catchup.trusts(tp):
                 continue  # handed over, removed or not yet reassigned: not from where it is wanted
             if record.error() is not None:
                 accepted.append(record)
@@ -282,60 +259,18 @@ class TailReader:
         metrics.HANDOVERS.inc()
 
     async def _sync_private(self) -> None:
-        """Open, change or close the private reader for the partitions behind."""
-        async with self._lock:
-            if self._closed:
-                return
-            behind = {tp: self._next[tp] for tp in self._behind}
-            missing = [tp for tp in behind if self._tail.find(tp) is None]
-            if missing:
-                with contextlib.suppress(KasockiError):
-                    await self._tail.open(missing)  # a ring closed after an error: catch up to a new one
-                for tp in missing:
-                    ring = self._tail.find(tp)
-                    if ring is not None:
-                        ring.behind.add(self)
-            if self._private is not None and any(tp in self._read_before for tp in behind.keys() - self._private_has):
-                behind_again = True  # read before by this consumer: what it still holds of them is not wanted
-            else:
-                behind_again = any(tp in self._stale for tp in behind)
-            if not behind or behind_again:
-                # Closed, and a new one opened for what is behind again: a consumer reassigned a
-                # partition may still hand over records it read under the old assignment (a wait's,
-                # a cancelled read's), and those would skip what lies between.
-                await self._close_private()
-                if not behind:
-                    return
-            if self._private is None:
-                try:
-                    self._private = await self._open_private()
-                except TooManyConsumersError:
-                    return  # none free: the next read that waits tries again (the stream waits its turn)
-                except KafkaError as exc:
-                    self._errors.append(exc)
-                    return
-            stale = sorted(self._stale | {tp for tp in self._private_has if tp not in behind})
-            if stale:
-                await self._private.remove(stale)
-                self._private_has.difference_update(stale)
-                self._stale.difference_update(stale)
-            # Their next offsets as they are now: anything handed out meanwhile moved them.
-            added = [Position(tp.topic, tp.partition, self._next[tp]) for tp in self._behind - self._private_has]
-            if added:
-                await self._private.add(added)
-                self._private_has.update(p.tp for p in added)
-                self._read_before.update(p.tp for p in added)
-                # Handed over while the assignment was being made: not wanted from this consumer any more.
-                self._stale.update(p.tp for p in added if p.tp not in self._behind)
-
-    async def _close_private(self) -> None:
-        private, self._private = self._private, None
-        self._private_has.clear()
-        self._stale.clear()
-        self._read_before.clear()
-        self._carried.clear()
-        if private is not None:
-            await private.close()
+        """Rings for the partitions behind, and the private reader for them (``catchup.py``)."""
+        if self._closed:
+            return
+        missing = [tp for tp in self._behind if self._tail.find(tp) is None]
+        if missing:
+            with contextlib.suppress(KasockiError):
+                await self._tail.open(missing)  # a ring closed after an error: catch up to a new one
+            for tp in missing:
+                ring = self._tail.find(tp)
+                if ring is not None and tp in self._behind:
+                    ring.behind.add(self)
+        await self._catchup.sync(lambda: {tp: self._next[tp] for tp in self._behind})
 
 
 def _release(waiter: asyncio.Future[None]) -> None:

@@ -84,6 +84,9 @@ class FakeLog:
         self.readers: list[FakeReader] = []
         self.clock = 1_000_000  # epoch ms of the next record without a timestamp
         self.opening: asyncio.Event | None = None  # open_reader waits for it to be set
+        # Assignment changes take effect at once but return only once it is set: a change made in a
+        # thread, whose caller the event loop resumes later (meanwhile other reads see the change).
+        self.assigning: asyncio.Event | None = None
         self.answering: asyncio.Event | None = None  # available_topics waits for it to be set (a slow cluster)
         self.asked = 0  # available_topics calls
         self.questions = Changes()  # notified at each of them
@@ -217,23 +220,42 @@ class FakeReader:
         self.errors: list[KafkaError] = []
         self.closed = False
         self.closes = 0
+        # The next assignment change takes effect, then its call raises this: librdkafka made the
+        # change in its thread after the caller's wait for it timed out (or the caller was cancelled).
+        self.change_failure: BaseException | None = None
+        self.read_failure: BaseException | None = None  # the next read raises this, reading nothing
 
     async def assign(self, positions: Sequence[Position]) -> None:
         self.positions = {p.tp: p.offset for p in positions}
+        await self._changed()
 
     async def add(self, positions: Sequence[Position]) -> None:
         self.positions.update({p.tp: p.offset for p in positions})
+        await self._changed()
 
     async def remove(self, partitions: Sequence[TopicPartition]) -> None:
         for tp in partitions:
             self.positions.pop(tp, None)
             self.lost.discard(tp)
+        await self._changed()
 
     async def seek(self, position: Position) -> None:
         self.positions[position.tp] = position.offset
         self.lost.discard(position.tp)
+        await self._changed()
+
+    async def _changed(self) -> None:
+        """After an assignment change took effect: the caller resumes, or learns that its call failed."""
+        if self.log.assigning is not None:
+            await self.log.assigning.wait()
+        failure, self.change_failure = self.change_failure, None
+        if failure is not None:
+            raise failure
 
     async def read(self, max_records: int, timeout: float) -> list[Message]:
+        failure, self.read_failure = self.read_failure, None
+        if failure is not None:
+            raise failure
         records = self._take(max_records)
         if records or timeout <= 0 or self.closed:
             return records
