@@ -21,6 +21,7 @@ from django.http.request import split_domain_port, validate_host
 from django.urls import Resolver404, resolve
 
 from . import sse_view
+from .exceptions import InternalError
 from .outbound import server_transport
 
 logger = logging.getLogger(__name__)
@@ -87,7 +88,11 @@ async def serve(scope: dict[str, Any], receive: Any, send: Any, topics: str) -> 
     if not _host_allowed(query.host):
         await _send_plain(send, 400, b"bad Host header\n")
         return
-    answer = await sse_view.answer(query, topics)
+    try:
+        answer = await sse_view.answer(query, topics)
+    except Exception:  # the database, say: the client still gets an error object, and the log the detail
+        logger.exception("answering a stream request failed")
+        answer = sse_view.refusal(InternalError("the stream could not be opened"), {})
     headers = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in answer.headers.items()]
     await send({"type": "http.response.start", "status": answer.status, "headers": headers})
     if answer.body is None:

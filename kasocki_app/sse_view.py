@@ -262,7 +262,11 @@ class DjangoQuery:
 
 async def stream(request: HttpRequest, topics: str) -> HttpResponseBase:
     """The Django view of the route (the ASGI wrapper answers it first where it serves the app)."""
-    result = await answer(DjangoQuery(request), topics)
+    try:
+        result = await answer(DjangoQuery(request), topics)
+    except Exception:
+        logger.exception("answering a stream request failed")
+        result = refusal(InternalError("the stream could not be opened"), {})
     if result.body is None:
         return HttpResponse(result.content, status=result.status, headers=result.headers)
     return StreamingHttpResponse(result.body, status=result.status, headers=result.headers)

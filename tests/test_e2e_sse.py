@@ -21,6 +21,7 @@ from kasocki_app.conf import conf
 from kasocki_app.service import Service
 from kasocki_app.tailing import TailReader
 from tests.e2e import server_service, wait_until
+from tests.live_server import free_port
 from tests.sse_client import Stream, open_stream
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("live_tail")]
@@ -238,6 +239,34 @@ async def test_a_topic_leaving_the_whitelist_ends_the_stream_after_its_error(
     await wait_until(lambda: not server_service().connections, what="the stream's connection closed")
 
 
+async def test_kafka_unreachable_is_503_with_retry_after(make_topic, allow, asgi_server, settings):
+    topic = make_topic()
+    allow(topic)
+    settings.KASOCKI_KAFKA_CONFIG = {"bootstrap.servers": f"127.0.0.1:{free_port()}"}  # nothing listens there
+    settings.KASOCKI_KAFKA_TIMEOUT = 2.0
+    refused = await open_stream(f"{asgi_server.url}/v2/stream/{topic}")
+    assert refused.status == 503 and refused.headers["retry-after"] == "5"
+    error = await refused.json()
+    assert error["name"] == "KafkaError" and error["code"], error
+    await refused.close()
+    await wait_until(lambda: not server_service().connections, what="nothing left open")
+
+
+async def test_an_unexpected_failure_is_500_with_an_error_object(make_topic, allow, asgi_server, monkeypatch):
+    topic = make_topic()
+    allow(topic)
+
+    async def broken(*args: Any) -> Any:
+        raise RuntimeError("the database is gone")
+
+    monkeypatch.setattr(sse_view, "principal_for", broken)
+    refused = await open_stream(f"{asgi_server.url}/v2/stream/{topic}")
+    assert refused.status == 500
+    assert (await refused.json())["name"] == "InternalError"
+    await refused.close()
+    assert server_service().limiter.total == 0
+
+
 async def test_streams_show_with_their_transport(make_topic, allow, asgi_server):
     topic = make_topic()
     allow(topic)
@@ -260,7 +289,7 @@ async def test_open_streams_hold_no_thread_each(make_topic, allow, asgi_server, 
     topic = make_topic()
     allow(topic)
     before = threading.active_count()
-    streams = [await opened(f"{asgi_server.url}/v2/stream/{topic}") for _ in range(20)]
+    streams = [await opened(f"{asgi_server.url}/v2/stream/{topic}") for _ in range(10)]
     assert threading.active_count() - before < 5
     for stream in streams:
         await stream.close()
