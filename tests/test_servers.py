@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -156,4 +157,43 @@ def test_daphne_keeps_a_stalled_client_bounded(kafka, make_topic, transactional_
 def _server_holds(process: psutil.Process, ws: RawWebSocket) -> bool:
     """True while the server process still has our TCP connection open."""
     ours = ws.sock.getsockname()[1]
+    return any(c.raddr and c.raddr.port == ours and c.status == "ESTABLISHED" for c in process.net_connections())
+
+
+def test_daphne_keeps_a_stalled_http_stream_bounded(kafka, make_topic, transactional_db):
+    """An HTTP stream under daphne too: its backlog is read from Twisted's buffer, paused, then cut."""
+    topic = make_topic()
+    kafka.produce(topic, [{"i": i, "pad": "x" * 1000} for i in range(60_000)])
+    env = {
+        "KASOCKI_ALLOWED_TOPICS": topic,
+        "KASOCKI_MAX_BACKLOG_BYTES": str(1024 * 1024),
+        "KASOCKI_SLOW_CLIENT_TIMEOUT": "4",
+    }
+    server = ServerProcess("daphne", kafka, env)
+    reader = socket.socket()
+    try:
+        rss_before = psutil.Process(server.process.pid).memory_info().rss
+        reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
+        reader.connect(("127.0.0.1", server.port))
+        event_id = orjson.dumps([{"topic": topic, "partition": 0, "offset": 0}]).decode()
+        host = f"127.0.0.1:{server.port}"
+        reader.sendall(f"GET /v2/stream/{topic} HTTP/1.1\r\nHost: {host}\r\nLast-Event-ID: {event_id}\r\n\r\n".encode())
+        assert reader.recv(12) == b"HTTP/1.1 200"
+        # Stop reading. 60 MB are available; the server must pause, then drop us.
+        process = psutil.Process(server.process.pid)
+        deadline = time.monotonic() + 30
+        while _holds(process, reader) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        closed = not _holds(process, reader)
+        growth = psutil.Process(server.process.pid).memory_info().rss - rss_before
+        assert growth < 50 * 1024 * 1024, f"daphne grew by {growth / 2**20:.0f} MB"
+        assert closed, "the stalled stream was not cut"
+    finally:
+        reader.close()
+        server.stop()
+
+
+def _holds(process: psutil.Process, sock: socket.socket) -> bool:
+    """True while the server process still has this TCP connection open."""
+    ours = sock.getsockname()[1]
     return any(c.raddr and c.raddr.port == ours and c.status == "ESTABLISHED" for c in process.net_connections())
