@@ -7,6 +7,7 @@ import ipaddress
 
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
+from django.urls import reverse
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from .access import address_behind_proxies
@@ -31,9 +32,23 @@ async def readyz(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"status": "ok", "topics": len(topics)})
 
 
+# Stands for the topics in the stream URL the viewer page gets; stream-command.js replaces it.
+STREAM_TOPICS_PLACEHOLDER = "TOPICS"
+
+
 def viewer(request: HttpRequest) -> HttpResponse:
-    """The live viewer page; its script speaks the Kasocki protocol to this site's socket.io endpoint."""
-    return render(request, "kasocki_app/viewer.html")
+    """The live viewer page; its script speaks the Kasocki protocol to this site's socket.io endpoint.
+
+    It also shows the curl command of the HTTP stream for what it shows, so it gets that stream's URL
+    as this site routes it: under the prefix the site mounts the app at, in the same URL namespace.
+    """
+    match = request.resolver_match
+    stream_url = reverse(
+        "kasocki:stream",
+        kwargs={"topics": STREAM_TOPICS_PLACEHOLDER},
+        current_app=match.namespace if match is not None else None,
+    )
+    return render(request, "kasocki_app/viewer.html", {"stream_url": stream_url})
 
 
 def metrics_view(request: HttpRequest) -> HttpResponse:

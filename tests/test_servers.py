@@ -43,8 +43,8 @@ def get(url: str) -> int:
 
 
 class ServerProcess:
-    def __init__(self, kind: str, kafka, extra_env: dict[str, str] | None = None) -> None:
-        self.port = free_port()
+    def __init__(self, kind: str, kafka, extra_env: dict[str, str] | None = None, port: int | None = None) -> None:
+        self.port = port or free_port()  # a port of its own, or a killed server's to take over
         self.url = f"http://127.0.0.1:{self.port}"
         database = connections["default"].settings_dict["NAME"]
         env = {

@@ -1,4 +1,5 @@
-"""The viewer page in headless Chromium: topics, start positions, live rows, the rate, filters and errors.
+"""The viewer page in headless Chromium: topics, start positions, live rows, the rate, filters and errors,
+and the curl command of its stream (run, to see that it streams).
 
 tests/js/viewer_browser.mjs drives the page with playwright-core and reports what it saw as JSON lines;
 these tests produce the records when the driver says the page is streaming and check its reports.
@@ -16,9 +17,14 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
+from urllib.parse import quote
 
 import pytest
 from confluent_kafka import TopicPartition
+from django.test import Client, override_settings
+from django.urls import clear_script_prefix, include, path, set_script_prefix
+
+from tests.curl import CurlStream
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -286,3 +292,87 @@ def test_viewer_shows_a_rate_only_over_a_whole_window(kafka, make_topic, allow, 
     assert 0 < float(later["rate"]) <= 4 * 1000 / RATE_WINDOW_MS
     assert result["errors"] == []
     assert result["pageErrors"] == []
+
+
+def command_of(stream_url: str, topics: str, query: str = "", last_event_id: Any = None) -> str:
+    """The curl command the page must show."""
+    header = "" if last_event_id is None else f" -H 'Last-Event-ID: {json.dumps(last_event_id, separators=(',', ':'))}'"
+    return f"curl -N{header} '{stream_url}/v2/stream/{topics}{query}'"
+
+
+def signed(seq: int) -> dict[str, Any]:
+    """A reading, every fourth by O'Brien (a quote, for the shell and the URL)."""
+    return {**reading(seq), "by": "O'Brien" if seq % 4 == 0 else "Ada"}
+
+
+def test_viewer_shows_the_curl_command_of_its_stream_and_the_command_streams(
+    kafka, make_topic, allow, browser, asgi_server
+):
+    topic, other = make_topic(partitions=2), make_topic()
+    kafka.produce(topic, [signed(seq) for seq in range(9)], partition=0)
+    kafka.produce(topic, [signed(seq) for seq in (10, 11)], partition=1)
+    allow(topic, other)
+    picked = {"color": "red", "by": "/^O'Brien$/"}  # red and by O'Brien: every fourth seq
+    since = (int(time.time()) - 3600) * 1000
+    driver = browser(
+        "command", topic=topic, other=other, filter=picked, timezone="Asia/Kolkata", since=since, offsets="0:1 1"
+    )
+    result = driver.result()
+
+    url = asgi_server.url
+    query = "?filter=" + quote(json.dumps(picked, separators=(",", ":"), ensure_ascii=False), safe="")
+    assert "%27" in query and "'" not in query  # the quote is encoded: the command stays one shell word
+    assert result["none"] == {"text": command_of(url, topic), "hint": None}
+    assert result["applied"] == {"error": None, "status": "active"}
+    assert result["latest"] == {"text": command_of(url, topic, query), "hint": None}
+    assert result["copied"]["button"] == "Copied"
+    assert result["copied"]["clipboard"] == result["latest"]["text"]
+    assert result["earliest"]["text"] == command_of(url, topic, "?since=0&" + query[1:])
+    assert result["time"]["text"] == command_of(url, topic, f"?since={since}&" + query[1:])
+    offsets = [{"topic": topic, "partition": 0, "offset": 1}, {"topic": topic, "partition": 1, "offset": -1}]
+    assert result["offsets"]["text"] == command_of(url, topic, query, offsets)
+    # The other topic's partitions are not known before a subscription lists them.
+    assert result["unknown"] == {
+        "text": None,
+        "hint": f"Give the partitions of {other} (curl names each one), or press Start once.",
+    }
+    both = {topic: offsets, other: [{"topic": other, "partition": 0, "offset": -1}]}
+    order = sorted(both)  # the topics as the page lists them
+    started = command_of(url, ",".join(order), query, [entry for name in order for entry in both[name]])
+    assert result["started"] == {"text": started, "hint": None}
+    assert result["prefixed"] == f"{url}/mounted/tools/kasocki/v2/stream/one,two"
+    assert result["errors"] == [] and result["pageErrors"] == []
+
+    # The commands stream: from the offsets (partition 1 from its latest), and from the latest with the filter.
+    replay = CurlStream(result["offsets"]["text"])
+    try:
+        replay.started()
+        kafka.produce(topic, [signed(seq) for seq in (12, 13)], partition=1)
+        got = replay.messages(3)
+    finally:
+        replay.close()
+    assert sorted((m["_kafka"]["partition"], m["seq"]) for m in got) == [(0, 4), (0, 8), (1, 12)]
+    live = CurlStream(result["latest"]["text"])
+    try:
+        live.started()
+        kafka.produce(topic, [signed(seq) for seq in range(14, 21)], partition=0)
+        assert [m["seq"] for m in live.messages(2)] == [16, 20]
+    finally:
+        live.close()
+
+
+# A site that mounts the app under a prefix of its own (and is itself served under a script prefix).
+urlpatterns = [path("tools/kasocki/", include("kasocki_app.urls"))]
+
+
+@override_settings(ROOT_URLCONF=__name__)
+def test_the_viewer_gets_the_stream_url_under_the_sites_prefix():
+    assert 'data-stream-url="/tools/kasocki/v2/stream/TOPICS"' in Client().get("/tools/kasocki/").content.decode()
+    # The script prefix, as a WSGI or ASGI server sets it from SCRIPT_NAME or root_path (the test client does not).
+    set_script_prefix("/mounted/")
+    try:
+        page = Client().get("/tools/kasocki/")
+    finally:
+        clear_script_prefix()
+    assert page.status_code == 200
+    assert 'data-stream-url="/mounted/tools/kasocki/v2/stream/TOPICS"' in page.content.decode()

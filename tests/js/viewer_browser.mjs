@@ -266,7 +266,58 @@ async function rateScenario(page) {
   return { early, later, errors: await errorList(page) };
 }
 
+/** The curl command for each start position with the filter applied; a topic whose partitions it must learn first. */
+async function commandScenario(page) {
+  await page.context().grantPermissions(["clipboard-read", "clipboard-write"], { origin: new URL(config.url).origin });
+  await page.goto(config.url, { timeout: TIMEOUT });
+  await pickTopic(page, config.topic);
+  const command = async () => ({
+    text: await inlineText(page, "command"),
+    hint: await inlineText(page, "command-hint"),
+  });
+  const none = await command();
+  const applied = await applyFilter(page, JSON.stringify(config.filter));
+  const latest = await command();
+  await page.click("#copy-command");
+  await page.waitForFunction(() => document.getElementById("copy-command").textContent !== "Copy", null, {
+    timeout: TIMEOUT,
+  });
+  const copied = {
+    button: await page.textContent("#copy-command"),
+    clipboard: await page.evaluate(() => navigator.clipboard.readText()),
+  };
+
+  await page.check('input[name="position"][value="earliest"]');
+  const earliest = await command();
+  await page.check('input[name="position"][value="time"]');
+  await page.fill("#since", localDateTime(config.since, config.timezone));
+  const time = await command();
+  await page.check('input[name="position"][value="offsets"]');
+  await page.fill(`#offsets input[data-topic="${config.topic}"]`, config.offsets);
+  const offsets = await command();
+
+  // Another topic with no offsets given: all its partitions from the latest, which curl must name.
+  await pickTopic(page, config.other);
+  const unknown = await command();
+  await startOrExplain(page, "offsets");
+  const started = await command();
+  // Under a site's prefix: the URL the page was given, on the page's own origin.
+  const prefixed = await page.evaluate(
+    () =>
+      window.KasockiStreamCommand.streamRequest({
+        streamUrl: "/mounted/tools/kasocki/v2/stream/TOPICS",
+        pageUrl: window.location.href,
+        subscription: ["one", "two"],
+        filter: null,
+        partitions: new Map(),
+      }).url,
+  );
+  const errors = await errorList(page);
+  return { none, applied, latest, copied, earliest, time, offsets, unknown, started, prefixed, errors };
+}
+
 const SCENARIOS = {
+  command: commandScenario,
   stream: streamScenario,
   positions: positionsScenario,
   earliest: earliestScenario,

@@ -51,6 +51,9 @@
     detailTitle: $("detail-title"),
     detailJson: $("detail-json"),
     detailClose: $("detail-close"),
+    command: $("command"),
+    commandHint: $("command-hint"),
+    copyCommand: $("copy-command"),
   };
 
   // --- connection state ------------------------------------------------------
@@ -274,6 +277,7 @@
     }
     renderPositionFields();
     renderStartLabel();
+    renderCommand();
   }
 
   const offsetTexts = new Map(); // what the user typed per topic, kept while topics come and go
@@ -307,6 +311,10 @@
   }
 
   function renderAssignments(assignments) {
+    for (const topic of new Set((assignments || []).map((a) => a.topic))) {
+      knownPartitions.set(topic, assignments.filter((a) => a.topic === topic).map((a) => a.partition));
+    }
+    renderCommand();
     if (!assignments) {
       ui.assignments.replaceChildren(element("li", "muted", "Not subscribed."));
       return;
@@ -362,6 +370,7 @@
       await call(socket, "filter", value);
       appliedFilter = value;
       renderFilterStatus();
+      renderCommand();
     } catch (error) {
       if (isServerError(error)) showFilterError(error);
       else showInline(ui.filterError, error.message);
@@ -394,6 +403,49 @@
     }
     ui.filterStatus.dataset.state = state;
     ui.filterStatus.textContent = text;
+  }
+
+  // --- the curl command --------------------------------------------------------
+
+  const knownPartitions = new Map(); // topic -> its partitions, from the assignments seen
+
+  /** The curl command of the HTTP stream for the picked topics, start position and applied filter. */
+  function renderCommand() {
+    let text = "";
+    let hint = "";
+    try {
+      const request = window.KasockiStreamCommand.streamRequest({
+        streamUrl: ui.command.dataset.streamUrl,
+        pageUrl: window.location.href,
+        subscription: buildSubscription(),
+        filter: appliedFilter,
+        partitions: knownPartitions,
+      });
+      if (request.missing) {
+        hint = `Give the partitions of ${request.missing.join(", ")} (curl names each one), or press Start once.`;
+      } else {
+        text = window.KasockiStreamCommand.curlCommand(request);
+      }
+    } catch (error) {
+      hint = error.message; // the selection is incomplete: Start would say the same
+    }
+    if (ui.command.textContent !== text) ui.copyCommand.textContent = "Copy";
+    ui.command.textContent = text;
+    ui.command.hidden = !text;
+    ui.copyCommand.disabled = !text;
+    ui.commandHint.textContent = hint;
+    ui.commandHint.hidden = !hint;
+  }
+
+  async function copyCommand() {
+    const text = ui.command.textContent;
+    try {
+      await navigator.clipboard.writeText(text); // only in secure contexts (https, localhost)
+      ui.copyCommand.textContent = "Copied";
+    } catch {
+      window.getSelection().selectAllChildren(ui.command); // select it for Ctrl+C instead
+      ui.copyCommand.textContent = "Selected";
+    }
   }
 
   // --- messages table ----------------------------------------------------------
@@ -649,11 +701,14 @@
     if (event.target.dataset.topic) offsetTexts.set(event.target.dataset.topic, event.target.value);
     showInline(ui.positionError, null);
     renderStartLabel();
+    renderCommand();
   });
   ui.subscription.addEventListener("change", (event) => {
     if (event.target.name === "position" || ui.topics.contains(event.target)) renderPositionFields();
     renderStartLabel();
+    renderCommand();
   });
+  ui.copyCommand.addEventListener("click", copyCommand);
   ui.rows.addEventListener("click", (event) => {
     const row = event.target.closest("tr");
     if (row) showDetail(row);
@@ -675,6 +730,7 @@
   renderCounts();
   renderButtons();
   renderPositionFields();
+  renderCommand();
   ui.rateStat.title = `Messages per second over the last ${RATE_WINDOW_MS / 1000} seconds of streaming`;
   setInterval(sampleRate, RATE_SAMPLE_MS);
 
