@@ -90,35 +90,37 @@ class TailReader:
         taken = await self._take(max_records)
         if taken or timeout <= 0:
             return taken
-        catchup = self._catchup
-        if self._behind or catchup.reader is not None:
-            await self._sync_private()
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[None] = loop.create_future()
+        # Waiting from here on, before anything that suspends: a ring growing while the private reader
+        # is synced (its close can take a while) releases this wait instead of waking nobody.
         self._waiters.append(waiter)
-        private = catchup.reader if self._behind else None
-        if private is None:  # the common case, every reader on the tail: one future and one timer
-            timer = loop.call_later(timeout, _release, waiter)
-            try:
-                await waiter
-            finally:
-                timer.cancel()
-                with contextlib.suppress(ValueError):
-                    self._waiters.remove(waiter)
-            return await self._take(max_records)
-        # What it brings is kept the moment it comes (not when this read resumes): a take meanwhile,
-        # of a consume, must not hand out what the reader read after it first.
-        read = asyncio.ensure_future(catchup.wait(private, max_records, timeout))
         try:
-            waits: set[asyncio.Future[Any]] = {waiter, read}
-            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            catchup = self._catchup
+            if self._behind or catchup.reader is not None:
+                await self._sync_private()
+            private = catchup.reader if self._behind else None
+            if private is None:  # the common case, every reader on the tail: one future and one timer
+                timer = loop.call_later(timeout, _release, waiter)
+                try:
+                    await waiter
+                finally:
+                    timer.cancel()
+                return await self._take(max_records)
+            # What it brings is kept the moment it comes (not when this read resumes): a take meanwhile,
+            # of a consume, must not hand out what the reader read after it first.
+            read = asyncio.ensure_future(catchup.wait(private, max_records, timeout))
+            try:
+                waits: set[asyncio.Future[Any]] = {waiter, read}
+                await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                if not read.done():
+                    read.cancel()  # the private reader keeps what its wait brings, for the next read
+                    await asyncio.wait({read})
+            return await self._take(max_records)
         finally:
             with contextlib.suppress(ValueError):
                 self._waiters.remove(waiter)
-            if not read.done():
-                read.cancel()  # the private reader keeps what its wait brings, for the next read
-                await asyncio.wait({read})
-        return await self._take(max_records)
 
     def take_errors(self) -> list[KafkaError]:
         errors, self._errors = self._errors, []

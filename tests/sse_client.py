@@ -127,10 +127,13 @@ class Stream:
                     event_id = value
 
     async def messages(self, count: int, timeout: float = 15) -> list[Any]:
-        """The next ``count`` message events' data, skipping id-only events."""
+        """The next ``count`` message events' data within ``timeout``, skipping id-only events."""
         found: list[Any] = []
+        deadline = asyncio.get_running_loop().time() + timeout
         while len(found) < count:
-            event = await self.event(timeout)
+            left = deadline - asyncio.get_running_loop().time()
+            assert left > 0, f"{len(found)} of {count} messages within {timeout}s"
+            event = await self.event(left)
             assert event is not None, f"the stream ended after {len(found)} of {count} messages"
             if event.data is not None:
                 assert event.event == "message", event

@@ -253,3 +253,31 @@ async def test_a_failing_catch_up_read_loses_nothing_taken_before_it(harness, lo
     await read_until(reader, got, T0, 3)
     assert offsets(got, T0) == [0, 1, 2, 3]
     assert [e.details["code"] for e in reader.take_errors()] == ["_FAIL"]
+
+
+async def test_records_reaching_a_ring_while_the_catch_up_consumer_is_let_go_end_the_wait(harness, log):
+    # Seen end to end: a client handed over, its next read let go of the catch-up consumer (a close
+    # that takes a while), the other partition's ring grew meanwhile, and the read then slept through
+    # the wake for its whole timeout.
+    produce(log, T0, 0, 20)
+    produce(log, T1, 0, 5)
+    closing = asyncio.Event()
+
+    class SlowToClose(FakeReader):
+        async def close(self) -> bool:
+            await closing.wait()
+            return await super().close()
+
+    harness.make_private = SlowToClose
+    reader = harness.reader()
+    await reader.add([Position("t", 0, 10), Position("t", 1, 5)])
+    assert (reader.state(T0), reader.state(T1)) == ("catch-up", "tail")
+    got = list(await reader.read(100, 0))
+    assert offsets(got, T0) == list(range(10, 20)) and reader.state(T0) == "tail"
+    waiting = asyncio.ensure_future(reader.read(100, 60))  # first lets the catch-up consumer go
+    await settle()
+    produce(log, T1, 5, 3)
+    await settle()  # the shared reader puts them in t/1's ring and wakes its readers
+    closing.set()
+    got = await asyncio.wait_for(waiting, EXPECTED_WITHIN)
+    assert offsets(got, T1) == [5, 6, 7]
