@@ -17,7 +17,7 @@ from confluent_kafka.admin import AdminClient, OffsetSpec
 from .conf import conf
 from .exceptions import KafkaError
 from .kafka import librdkafka_log
-from .threads import executor, kafka_error, run_blocking
+from .threads import executor, kafka_error, run_blocking, within
 
 
 def _earliest() -> OffsetSpec:
@@ -81,7 +81,7 @@ class Cluster:
         waiter.add_done_callback(_seen)
         try:
             # shield: one caller's cancellation must not cancel the lookup the others share.
-            return await asyncio.wait_for(asyncio.shield(waiter), conf.kafka_timeout)
+            return await within(asyncio.shield(waiter), conf.kafka_timeout)
         except TimeoutError:
             raise KafkaError(f"Kafka did not answer within {conf.kafka_timeout:g}s", code="_TIMED_OUT") from None
         except KafkaException as exc:

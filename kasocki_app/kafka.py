@@ -23,7 +23,7 @@ from confluent_kafka import KafkaError as RdKafkaError
 from . import lograte, metrics
 from .conf import conf
 from .exceptions import KafkaError, KasockiError, TooManyConsumersError
-from .threads import executor, in_own_thread, kafka_error, run_blocking, wait_executor
+from .threads import executor, in_own_thread, kafka_error, run_blocking, wait_executor, within
 from .types import Position
 
 logger = logging.getLogger(__name__)
@@ -149,7 +149,7 @@ class KafkaSource:
         config["error_cb"] = error_callback(errors, next(_consumer_ids))
         future = asyncio.get_running_loop().run_in_executor(executor(), lambda: Consumer(config, logger=librdkafka_log))
         try:
-            consumer = await asyncio.wait_for(asyncio.shield(future), conf.kafka_timeout)
+            consumer = await within(asyncio.shield(future), conf.kafka_timeout)
         except BaseException as exc:
             # Cancelled or timed out while librdkafka was still creating it: close it once it exists.
             future.add_done_callback(_close_when_created)
@@ -261,11 +261,11 @@ class KafkaSource:
         if self._waiting is not None and not self._waiting.done():
             # Closing under a consume() still running in its thread would free the handle it uses.
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(self._waiting)), WAIT_MAX_SECONDS * 4)
+                await within(asyncio.shield(asyncio.wrap_future(self._waiting)), WAIT_MAX_SECONDS * 4)
         try:
             # A thread of its own, not the shared pool: a close that hangs must not take a
             # worker that every other Kafka call of the process needs.
-            await asyncio.wait_for(in_own_thread(self._consumer.close), conf.consumer_close_timeout)
+            await within(in_own_thread(self._consumer.close), conf.consumer_close_timeout)
         except (TimeoutError, KafkaException) as exc:
             ConsumerCounts.abandoned += 1
             metrics.CONSUMERS_ABANDONED.inc()

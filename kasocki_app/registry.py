@@ -32,6 +32,7 @@ from . import registry_store as store
 from .cluster import cluster
 from .conf import conf
 from .tailing import TailReader
+from .threads import within
 from .types import TopicPartition
 
 if TYPE_CHECKING:
@@ -265,7 +266,7 @@ class Publisher:
             self._lookup = None
         if registry_exit.has_rows(self.process):
             try:
-                await asyncio.wait_for(in_thread(store.forget, self.process), conf.registry_seconds + 5)
+                await within(in_thread(store.forget, self.process), conf.registry_seconds + 5)
             except Exception as exc:  # left to the exit hook, or to expire
                 logger.warning("registry %s: removing its rows failed: %s", self.process, exc)
             else:

@@ -27,6 +27,7 @@ from typing import Any
 from . import metrics
 from .catchup import CatchUp
 from .exceptions import KafkaError, KasockiError
+from .kafka import WAIT_MAX_SECONDS
 from .reader import ReaderFactory
 from .ring import Entry, Ring
 from .tail import LiveTail
@@ -99,6 +100,8 @@ class TailReader:
             catchup = self._catchup
             if self._behind or catchup.reader is not None:
                 await self._sync_private()
+                if waiter.done():  # a ring grew meanwhile: take it, starting no wait of the private reader
+                    return await self._take(max_records)
             private = catchup.reader if self._behind else None
             if private is None:  # the common case, every reader on the tail: one future and one timer
                 timer = loop.call_later(timeout, _release, waiter)
@@ -109,7 +112,9 @@ class TailReader:
                 return await self._take(max_records)
             # What it brings is kept the moment it comes (not when this read resumes): a take meanwhile,
             # of a consume, must not hand out what the reader read after it first.
-            read = asyncio.ensure_future(catchup.wait(private, max_records, timeout))
+            # In slices: librdkafka's wait runs on in its thread when this read is cancelled, and the
+            # consumer's close (after a handover, say) waits for it; a stop must not wait that long.
+            read = asyncio.ensure_future(catchup.wait(private, max_records, min(timeout, WAIT_MAX_SECONDS)))
             try:
                 waits: set[asyncio.Future[Any]] = {waiter, read}
                 await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)

@@ -11,7 +11,7 @@ import asyncio
 import concurrent.futures
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from confluent_kafka import KafkaError as RdKafkaError
@@ -96,12 +96,20 @@ def wait_executor() -> ElasticPool:
         return _wait_executor
 
 
+async def within(awaitable: Awaitable[T], seconds: float) -> T:
+    """``asyncio.wait_for`` without its flaw in Python 3.11: a cancel that comes as ``awaitable``
+    finishes is lost there (the caller goes on as if never cancelled: a stop then waited for a
+    30 s timer). TimeoutError after ``seconds``, as wait_for."""
+    async with asyncio.timeout(seconds):
+        return await awaitable
+
+
 async def run_blocking(func: Callable[..., T], *args: Any, timeout: float | None = None) -> T:
     """Run a blocking librdkafka call in the pool; raise KafkaError after ``timeout`` seconds."""
     timeout = conf.kafka_timeout if timeout is None else timeout
     future = asyncio.get_running_loop().run_in_executor(executor(), func, *args)
     try:
-        return await asyncio.wait_for(future, timeout)
+        return await within(future, timeout)
     except TimeoutError:
         raise KafkaError(f"Kafka did not answer within {timeout:g}s", code="_TIMED_OUT") from None
     except KafkaException as exc:

@@ -68,3 +68,17 @@ async def test_partitions_are_added_while_a_read_waits_in_librdkafka(kafka, make
         reading = False
         await reads
         await source.close()
+
+
+async def test_a_bounded_wait_keeps_a_cancel_that_comes_as_it_finishes():
+    """asyncio.wait_for (Python 3.11) returns the result then, and its caller went on as if never
+    cancelled: a stream's stop waited for the 30 s timer of the read it had cancelled."""
+    from kasocki_app.threads import within
+
+    done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    waiting = asyncio.ensure_future(within(done, 5))
+    await asyncio.sleep(0)
+    done.set_result(1)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
