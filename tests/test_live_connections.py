@@ -197,15 +197,22 @@ async def test_http_streams_show_with_their_transport_and_can_be_disconnected(
     topic = make_topic()
     allow(topic)
     stream = await open_stream(f"{asgi_server.url}/v2/stream/{topic}")
-    assert stream.status == 200
-    (sid,) = [sid for sid, c in server_service().connections.items() if c.transport == "sse"]
-    row = await eventually(lambda: row_of(sid), "the stream's row")
-    assert row.transport == "sse" and row.subscriptions == [{"topic": topic, "partition": 0, "offset": 0}]
-    page = await changelist(admin_client, transport="sse")
-    assert sid in page and '<td class="field-transport">sse</td>' in page
-    data = {"action": "disconnect_selected", helpers.ACTION_CHECKBOX_NAME: [row.pk], "index": 0}
-    await sync_to_async(admin_client.post)(CHANGELIST, data, follow=True)
-    while await stream.event(timeout=10) is not None:  # the server ends the response
-        pass
-    await wait_until(lambda: sid not in server_service().connections, what="the stream's connection closed")
-    await stream.close()
+    try:
+        assert stream.status == 200
+        (sid,) = [sid for sid, c in server_service().connections.items() if c.transport == "sse"]
+
+        async def subscribed() -> LiveConnection | None:  # a stream's row may be written before its subscription
+            row = await row_of(sid)
+            return row if row is not None and row.subscriptions else None
+
+        row = await eventually(subscribed, "the stream's row with its subscription")
+        assert row.transport == "sse" and row.subscriptions == [{"topic": topic, "partition": 0, "offset": 0}]
+        page = await changelist(admin_client, transport="sse")
+        assert sid in page and '<td class="field-transport">sse</td>' in page
+        data = {"action": "disconnect_selected", helpers.ACTION_CHECKBOX_NAME: [row.pk], "index": 0}
+        await sync_to_async(admin_client.post)(CHANGELIST, data, follow=True)
+        while await stream.event(timeout=10) is not None:  # the server ends the response
+            pass
+        await wait_until(lambda: sid not in server_service().connections, what="the stream's connection closed")
+    finally:
+        await stream.close()
