@@ -11,6 +11,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import orjson
 import psutil
@@ -119,8 +120,8 @@ async def test_server_serves_django_socketio_and_streams(server, kafka, make_top
     await stream.close()
 
 
-def test_daphne_keeps_a_stalled_client_bounded(kafka, make_topic, transactional_db):
-    """daphne's websocket send has no backpressure: the service must bound what waits for a stalled client."""
+def stalled_daphne(kafka: Any, make_topic: Any) -> tuple[str, ServerProcess]:
+    """A daphne process with 60 MB to stream from a topic, a 1 MB backlog cap and a 4 s slow-client timeout."""
     topic = make_topic()
     kafka.produce(topic, [{"i": i, "pad": "x" * 1000} for i in range(60_000)])
     env = {
@@ -128,7 +129,24 @@ def test_daphne_keeps_a_stalled_client_bounded(kafka, make_topic, transactional_
         "KASOCKI_MAX_BACKLOG_BYTES": str(1024 * 1024),
         "KASOCKI_SLOW_CLIENT_TIMEOUT": "4",
     }
-    server = ServerProcess("daphne", kafka, env)
+    return topic, ServerProcess("daphne", kafka, env)
+
+
+def assert_bounded_then_cut(server: ServerProcess, rss_before: int, sock: socket.socket) -> None:
+    """The client behind ``sock`` stopped reading: the server must pause, then drop it, growing little."""
+    process = psutil.Process(server.process.pid)
+    deadline = time.monotonic() + 30
+    while _holds(process, sock) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    closed = not _holds(process, sock)
+    growth = process.memory_info().rss - rss_before
+    assert growth < 50 * 1024 * 1024, f"daphne grew by {growth / 2**20:.0f} MB"
+    assert closed, "the stalled client was not disconnected"
+
+
+def test_daphne_keeps_a_stalled_client_bounded(kafka, make_topic, transactional_db):
+    """daphne's websocket send has no backpressure: the service must bound what waits for a stalled client."""
+    topic, server = stalled_daphne(kafka, make_topic)
     try:
         rss_before = psutil.Process(server.process.pid).memory_info().rss
         ws = RawWebSocket(server.url, "/socket.io/?EIO=4&transport=websocket")
@@ -140,15 +158,7 @@ def test_daphne_keeps_a_stalled_client_bounded(kafka, make_topic, transactional_
         while not ws.recv().startswith("430"):
             pass
         ws.send('421["start",null]')
-        # Stop reading. 60 MB are available; the server must pause, then drop us.
-        process = psutil.Process(server.process.pid)
-        deadline = time.monotonic() + 30
-        while _holds(process, ws.sock) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        closed = not _holds(process, ws.sock)
-        growth = psutil.Process(server.process.pid).memory_info().rss - rss_before
-        assert growth < 50 * 1024 * 1024, f"daphne grew by {growth / 2**20:.0f} MB"
-        assert closed, "the stalled client was not disconnected"
+        assert_bounded_then_cut(server, rss_before, ws.sock)  # from here on it reads nothing
     finally:
         ws.close()
         server.stop()
@@ -156,14 +166,7 @@ def test_daphne_keeps_a_stalled_client_bounded(kafka, make_topic, transactional_
 
 def test_daphne_keeps_a_stalled_http_stream_bounded(kafka, make_topic, transactional_db):
     """An HTTP stream under daphne too: its backlog is read from Twisted's buffer, paused, then cut."""
-    topic = make_topic()
-    kafka.produce(topic, [{"i": i, "pad": "x" * 1000} for i in range(60_000)])
-    env = {
-        "KASOCKI_ALLOWED_TOPICS": topic,
-        "KASOCKI_MAX_BACKLOG_BYTES": str(1024 * 1024),
-        "KASOCKI_SLOW_CLIENT_TIMEOUT": "4",
-    }
-    server = ServerProcess("daphne", kafka, env)
+    topic, server = stalled_daphne(kafka, make_topic)
     reader = socket.socket()
     try:
         rss_before = psutil.Process(server.process.pid).memory_info().rss
@@ -173,15 +176,7 @@ def test_daphne_keeps_a_stalled_http_stream_bounded(kafka, make_topic, transacti
         host = f"127.0.0.1:{server.port}"
         reader.sendall(f"GET /v2/stream/{topic} HTTP/1.1\r\nHost: {host}\r\nLast-Event-ID: {event_id}\r\n\r\n".encode())
         assert reader.recv(12) == b"HTTP/1.1 200"
-        # Stop reading. 60 MB are available; the server must pause, then drop us.
-        process = psutil.Process(server.process.pid)
-        deadline = time.monotonic() + 30
-        while _holds(process, reader) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        closed = not _holds(process, reader)
-        growth = psutil.Process(server.process.pid).memory_info().rss - rss_before
-        assert growth < 50 * 1024 * 1024, f"daphne grew by {growth / 2**20:.0f} MB"
-        assert closed, "the stalled stream was not cut"
+        assert_bounded_then_cut(server, rss_before, reader)  # from here on it reads nothing
     finally:
         reader.close()
         server.stop()
