@@ -19,6 +19,9 @@ from .exceptions import KafkaError
 from .kafka import librdkafka_log
 from .threads import executor, kafka_error, run_blocking, within
 
+# librdkafka fails a request at its request_timeout; past this much more, it is never answering.
+ANSWER_GRACE_SECONDS = 5.0
+
 
 def _earliest() -> OffsetSpec:
     spec: OffsetSpec = OffsetSpec.earliest()  # type: ignore[no-untyped-call]  # confluent-kafka leaves it unannotated
@@ -122,8 +125,19 @@ class Cluster:
         if not specs:
             return {}
         request = {TopicPartition(t, p): spec for (t, p), spec in specs.items()}
-        futures = self.admin().list_offsets(request, request_timeout=conf.kafka_timeout)
-        return {(tp.topic, tp.partition): future.result().offset for tp, future in futures.items()}
+        # The client is held until every answer is in: one dropped meanwhile (reset() on a
+        # settings change) never resolves its futures, and a wait on them held its pool
+        # thread for good (the process then hung at exit joining it). The wait is bounded too.
+        admin = self.admin()
+        futures = admin.list_offsets(request, request_timeout=conf.kafka_timeout)
+        deadline = time.monotonic() + conf.kafka_timeout + ANSWER_GRACE_SECONDS
+        try:
+            return {
+                (tp.topic, tp.partition): future.result(max(0.0, deadline - time.monotonic())).offset
+                for tp, future in futures.items()
+            }
+        except concurrent.futures.TimeoutError:
+            raise KafkaError(f"Kafka did not answer within {conf.kafka_timeout:g}s", code="_TIMED_OUT") from None
 
 
 cluster = Cluster()

@@ -13,6 +13,7 @@ import concurrent.futures
 import contextlib
 import itertools
 import logging
+import threading
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -120,7 +121,8 @@ def creation_error(exc: KafkaException | RuntimeError) -> KasockiError:
 
 def _close_when_created(future: asyncio.Future[Consumer]) -> None:
     if not future.cancelled() and future.exception() is None:
-        executor().submit(future.result().close)
+        # As every close: in a thread of its own, never in the pool the process's Kafka calls need.
+        threading.Thread(target=future.result().close, name="kasocki-close", daemon=True).start()
 
 
 class ConsumerCounts:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import faulthandler
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,14 @@ from django.conf import settings as django_settings
 from scripts.kafka_topics import KafkaTopics, start_or_reuse_broker
 from tests.clients import RecordingClient
 from tests.live_server import LiveServer
+
+# After the run, the interpreter joins every thread still working; one that never returns held
+# the process (and CI) forever. Past this, its threads' stacks are printed and it exits failed.
+EXIT_GRACE_SECONDS = 60
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    faulthandler.dump_traceback_later(EXIT_GRACE_SECONDS, exit=True, file=sys.__stderr__)
 
 
 @pytest.fixture(scope="session")

@@ -240,13 +240,23 @@ class Nginx:
     def start(self, port: int) -> Nginx:
         checked = subprocess.run(self.command("-t"), capture_output=True, text=True, check=False)
         assert checked.returncode == 0, f"nginx -t refused the configuration:\n{checked.stderr}"
-        self.process = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # A session of its own, and none of the run's output: a worker that outlived its master
+        # would otherwise hold the output of the whole test run open, and the run never end.
+        self.process = subprocess.Popen(
+            self.command(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         wait_for(lambda: socket.create_connection(("127.0.0.1", port), 1).close() is None, 15, "nginx", self.process)
         return self
 
     def stop(self) -> None:
         if self.process is not None:
             end_process(self.process)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)  # any worker its master left behind
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
