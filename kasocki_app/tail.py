@@ -110,6 +110,12 @@ class LiveTail:
             self._opening.update(opening)
             try:
                 await self._reader.add([Position(tp.topic, tp.partition, ring.low) for tp, ring in opening.items()])
+            except Exception:
+                # A failed change may be made all the same (a timed-out call's thread goes on): undone,
+                # or the partitions stay assigned without a ring and the next open's add meets them.
+                with contextlib.suppress(Exception):
+                    await self._reader.remove(list(opening))
+                raise
             finally:
                 for tp in opening:
                     self._opening.pop(tp, None)
@@ -194,22 +200,26 @@ class LiveTail:
         """An error record of a tailed partition: tell its readers; close the ring if it cannot go on."""
         cause = record.error()
         assert cause is not None
-        ring = self.rings[tp]
         if cause.code() == RdKafkaError._AUTO_OFFSET_RESET:
             # Each reader goes on from its own position with a consumer of its own, where the
-            # reset policy applies to it alone.
-            logger.warning("live tail of %s closed: %s", tp, cause.str())
-            members = list(ring.members)
-            self._drop(tp)
-            if self._reader is not None:
-                with contextlib.suppress(KafkaError):
-                    await self._reader.remove([tp])
+            # reset policy applies to it alone. Under the lock, as every assignment change of the
+            # shared reader: a reopen's add made before this remove would be undone by it.
+            async with self._lock:
+                ring = self.rings.get(tp)
+                if ring is None:
+                    return
+                logger.warning("live tail of %s closed: %s", tp, cause.str())
+                members = list(ring.members)
+                self._drop(tp)
+                if self._reader is not None:
+                    with contextlib.suppress(KafkaError):
+                        await self._reader.remove([tp])
             for member in members:
                 member.ring_closed(tp)
             return
         failure = kafka_error(cause)
         failure.details.update(topic=tp.topic, partition=tp.partition)
-        for member in list(ring.members):
+        for member in list(self.rings[tp].members):
             member.tail_error(failure)
 
     async def _sweep(self, reader: Reader) -> None:

@@ -5,11 +5,13 @@ Every test checks exact offsets per client: nothing twice, nothing skipped, in o
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from confluent_kafka import KafkaError as RdKafkaError
 from prometheus_client import REGISTRY
 
 from kasocki_app.connection import Connection
@@ -248,10 +250,46 @@ async def test_a_lost_offset_of_the_tail_sends_its_readers_to_their_own_reset(cl
     await client.start(None)
     await settle()
     # The shared reader meets a lost offset: its readers leave the ring and go on by themselves.
-    clients.log.fail("t", 0, code=-185)  # _AUTO_OFFSET_RESET, an error record of the shared reader only
+    clients.log.fail("t", 0, code=RdKafkaError._AUTO_OFFSET_RESET)  # an error record of the shared reader only
     clients.log.produce("t", numbered(2, 20))
     await outbound.until(lambda: len(outbound.messages()) == 2, "the messages after the ring closed")
     assert offsets_of(outbound.messages()) == [("t", 0, 20), ("t", 0, 21)]
+
+
+async def test_a_ring_reopened_while_its_lost_offset_is_removed_waits_for_the_removal(clients, settings):
+    # Both change the shared reader's assignment: in the other order the partition would end
+    # up unassigned under an open ring, whose readers then wait for records forever.
+    settings.KASOCKI_RESET_POLICY = "earliest"
+    await ring_of_15_to_19(clients)
+    shared = clients.tail.reader
+    assert isinstance(shared, FakeReader)
+    clients.log.assigning = asyncio.Event()  # assignment changes are made; their calls return once set
+    clients.log.fail("t", 0, code=RdKafkaError._AUTO_OFFSET_RESET)  # the pump closes the ring, removes t/0
+    await settle()
+    assert clients.tail.find(T0) is None and T0 not in shared.positions, "the pump is not removing t/0"
+    reopen = asyncio.create_task(clients.tail.open([T0]))
+    await settle()
+    assert T0 not in shared.positions, "the ring was reopened before its removal returned"
+    clients.log.assigning.set()
+    await reopen
+    assert T0 in shared.positions and clients.tail.find(T0) is not None
+
+
+async def test_a_ring_whose_assignment_failed_leaves_no_partition_assigned_without_it(clients):
+    await ring_of_15_to_19(clients)
+    shared = clients.tail.reader
+    assert isinstance(shared, FakeReader)
+    clients.log.create_topic("u")
+    u0 = TopicPartition("u", 0)
+    # librdkafka makes the change, but the call fails (it timed out): no ring opens ...
+    shared.change_failure = KafkaError("Kafka did not answer within 10s", code="_TIMED_OUT")
+    with pytest.raises(KafkaError):
+        await clients.tail.open([u0])
+    assert clients.tail.find(u0) is None
+    # ... and the partition is not left assigned, where the next open's add would meet it.
+    assert u0 not in shared.positions
+    await clients.tail.open([u0])
+    assert clients.tail.find(u0) is not None and u0 in shared.positions
 
 
 async def test_no_private_reader_is_opened_for_clients_at_the_head(clients):
