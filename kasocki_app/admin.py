@@ -15,6 +15,7 @@ from django.http import HttpRequest, HttpResponse
 
 from . import registry
 from .cluster import cluster
+from .exceptions import KafkaError
 from .models import DisconnectRequest, LiveConnection, LiveProcess, WhitelistedTopic
 
 logger = logging.getLogger(__name__)
@@ -66,7 +67,7 @@ class WhitelistedTopicAdmin(_ModelAdmin):
     def _describe(names: list[str]) -> dict[str, list[tuple[int, int]]] | None:
         try:
             return cluster.describe(names)
-        except KafkaException as exc:
+        except (KafkaException, KafkaError) as exc:  # librdkafka's failure, or no answer in time
             logger.warning("admin: Kafka unreachable: %s", exc)
             return None
 

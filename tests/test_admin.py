@@ -12,6 +12,7 @@ from django.test import override_settings
 from django.utils import timezone
 
 from kasocki_app.cluster import cluster
+from kasocki_app.exceptions import KafkaError
 from kasocki_app.models import DisconnectRequest, LiveConnection, LiveProcess, WhitelistedTopic
 
 
@@ -47,6 +48,17 @@ def test_changelist_says_when_kafka_is_unreachable(admin_client, db):
     with override_settings(KASOCKI_KAFKA_CONFIG={"bootstrap.servers": "127.0.0.1:1"}):
         page = admin_client.get("/admin/kasocki_app/whitelistedtopic/").content.decode()
     cluster.reset()
+    assert "Kafka unreachable" in page
+
+
+def test_changelist_says_when_kafka_does_not_answer_in_time(admin_client, db, monkeypatch):
+    WhitelistedTopic.objects.create(topic="anything")
+
+    def no_answer(names: list[str]) -> None:
+        raise KafkaError("Kafka did not answer within 10s", code="_TIMED_OUT")
+
+    monkeypatch.setattr(cluster, "describe", no_answer)
+    page = admin_client.get("/admin/kasocki_app/whitelistedtopic/").content.decode()
     assert "Kafka unreachable" in page
 
 
