@@ -66,3 +66,34 @@ async def test_a_cancelled_caller_does_not_cancel_the_refresh(queries, settings)
     leaving.cancel()
     assert await staying == {"kept"}
     assert len(queries) == 1
+
+
+async def test_available_topics_are_made_once_per_whitelist_copy_setting_and_metadata(queries, settings, monkeypatch):
+    settings.KASOCKI_WHITELIST_CACHE_SECONDS = 60
+    settings.KASOCKI_ALLOWED_TOPICS = ["from-settings"]
+    metadata = {"from-settings": 1, "from-admin": 2, "not-allowed": 3}
+
+    async def cached_metadata(fresh: bool = False) -> dict[str, int]:
+        return metadata  # the same object while cached, as the cluster's cache hands it out
+
+    monkeypatch.setattr(topics.cluster, "topics", cached_metadata)
+    made: list[int] = []
+    allowed = topics._allowed
+
+    def counted(*args: Any) -> frozenset[str]:
+        made.append(1)
+        return allowed(*args)
+
+    monkeypatch.setattr(topics, "_allowed", counted)
+    first = await topics.available_topics()
+    assert first == {"from-settings": 1}
+    assert all(a is first for a in await asyncio.gather(*(topics.available_topics() for _ in range(100))))
+    assert len(made) == 1
+    # Each input changing gives the new answer at once.
+    await WhitelistedTopic.objects.acreate(topic="from-admin")
+    assert await topics.available_topics() == {"from-settings": 1, "from-admin": 2}
+    settings.KASOCKI_ALLOWED_TOPICS = ["not-allowed"]
+    assert await topics.available_topics() == {"not-allowed": 3, "from-admin": 2}
+    metadata = {"from-admin": 4}
+    assert await topics.available_topics() == {"from-admin": 4}
+    assert len(made) == 4
