@@ -95,6 +95,10 @@ class EventStream:
         self._end()
 
     async def abort(self) -> None:
+        self._drop()
+
+    def _drop(self) -> None:
+        """Close the connection at once, dropping what is unsent (a graceful end would wait for the client)."""
         self._pending.clear()
         self._pending_bytes = 0
         if self._transport is not None:
@@ -165,6 +169,12 @@ class EventStream:
 
     def _error(self, error: dict[str, Any]) -> None:
         name = error.get("name")
+        if name == "SlowClientError":
+            # The client reads nothing, so the error would never reach it. Cut here, at once: a graceful
+            # end let the response finish first, and the connection's close then cancelled the abort it
+            # had spawned, leaving the stalled connection open (kept alive by the server).
+            self._drop()
+            return
         if name == "PartitionsChangedError":
             for added in error.get("added") or ():
                 self._ids[(added["topic"], added["partition"])] = added["offset"]

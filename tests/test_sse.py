@@ -221,6 +221,25 @@ async def test_a_disconnect_ends_the_body_after_what_was_sent_and_abort_drops_it
     assert b"data:" not in b"".join(await Body(dropped).rest())
 
 
+async def test_a_slow_client_error_cuts_the_connection_at_once():
+    class Transport:
+        aborted = 0
+
+        def buffered(self) -> int:
+            return 0
+
+        def abort(self) -> None:
+            self.aborted += 1
+
+    transport = Transport()
+    stream = EventStream(ndjson=False, transport=transport)  # type: ignore[arg-type]
+    stream.start_at([Position("t", 0, 0)], lambda: None)
+    await stream.emit_message(("t", {"i": 0}, 0, 0))
+    # Not a graceful end after the error: nothing else would cut the stalled connection.
+    await stream.emit("err", {"name": "SlowClientError", "message": "read nothing", "limit": 1})
+    assert transport.aborted == 1 and stream.ending and stream.backlog() == 0
+
+
 async def test_progress_events_take_the_positions_only_when_the_stream_holds_nothing(settings):
     settings.KASOCKI_SSE_PROGRESS_SECONDS = 0.05
     settings.KASOCKI_SSE_HEARTBEAT_SECONDS = 0.05
