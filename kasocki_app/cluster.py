@@ -15,9 +15,8 @@ from confluent_kafka import KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from .conf import conf
-from .exceptions import KafkaError
 from .kafka import librdkafka_log
-from .threads import executor, kafka_error, run_blocking, within
+from .threads import executor, kafka_error, no_answer, run_blocking, within
 
 # librdkafka fails a request at its request_timeout; past this much more, it is never answering.
 ANSWER_GRACE_SECONDS = 5.0
@@ -86,7 +85,7 @@ class Cluster:
             # shield: one caller's cancellation must not cancel the lookup the others share.
             return await within(asyncio.shield(waiter), conf.kafka_timeout)
         except TimeoutError:
-            raise KafkaError(f"Kafka did not answer within {conf.kafka_timeout:g}s", code="_TIMED_OUT") from None
+            raise no_answer(conf.kafka_timeout) from None
         except KafkaException as exc:
             raise kafka_error(exc) from None
 
@@ -137,7 +136,7 @@ class Cluster:
                 for tp, future in futures.items()
             }
         except concurrent.futures.TimeoutError:
-            raise KafkaError(f"Kafka did not answer within {conf.kafka_timeout:g}s", code="_TIMED_OUT") from None
+            raise no_answer(conf.kafka_timeout) from None
 
 
 cluster = Cluster()

@@ -31,8 +31,8 @@ logger = logging.getLogger(__name__)
 
 OK = b":ok\n\n"
 HEARTBEAT = b": heartbeat\n\n"
-# Errors after which the stream ends: a topic left (nothing of it may follow), the client stopped reading.
-FINAL_ERRORS = frozenset({"TopicNotAvailableError", "SlowClientError", "IdleTimeoutError"})
+# Errors after which the stream ends: a topic left (nothing of it may follow), the client idled too long.
+FINAL_ERRORS = frozenset({"TopicNotAvailableError", "IdleTimeoutError"})  # SlowClientError cuts at once
 
 Positions = Callable[[], "dict[TopicPartition, int] | None"]
 

@@ -111,9 +111,14 @@ async def run_blocking(func: Callable[..., T], *args: Any, timeout: float | None
     try:
         return await within(future, timeout)
     except TimeoutError:
-        raise KafkaError(f"Kafka did not answer within {timeout:g}s", code="_TIMED_OUT") from None
+        raise no_answer(timeout) from None
     except KafkaException as exc:
         raise kafka_error(exc) from None
+
+
+def no_answer(timeout: float) -> KafkaError:
+    """What a client hears when Kafka did not answer a call within ``timeout`` seconds."""
+    return KafkaError(f"Kafka did not answer within {timeout:g}s", code="_TIMED_OUT")
 
 
 def kafka_error(exc: KafkaException | RdKafkaError) -> KafkaError:
