@@ -26,7 +26,7 @@ import socketio
 from engineio import packet as eio_packet
 
 from . import jsonshim, metrics
-from .polling import carried_bytes
+from .polling import queued_bytes
 from .types import Taken
 
 logger = logging.getLogger(__name__)
@@ -252,13 +252,7 @@ class Outbound:
         socket = self._sio.eio.sockets.get(self.eio_sid)
         if socket is None:
             return 0
-        total = 0
-        queue = socket.queue
-        if queue.qsize():
-            for pkt in list(queue._queue):  # asyncio.Queue keeps its items in a deque
-                if pkt is not None and isinstance(pkt.data, str):
-                    total += len(pkt.data)
-        total += carried_bytes(socket)
+        total = queued_bytes(socket)
         transport = _transports.get(self.eio_sid)
         if transport is not None:
             try:
