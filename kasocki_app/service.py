@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from . import assignments, kafka
+from . import assignments, kafka, memory
 from .access import ANONYMOUS, Principal
 from .assignments import Catalog
 from .conf import conf
@@ -91,6 +91,7 @@ class Service:
         if connection is not None:
             self.limiter.release(connection.address)
             await connection.close()
+            memory.give_back_soon()  # its buffers, engine.io's and the server's
 
     async def shutdown(self) -> None:
         """Cancel and await the background tasks and close the live tail (connections close by their disconnects)."""
@@ -101,6 +102,7 @@ class Service:
         self.background.difference_update(tasks)
         await self.watch.close()
         await self.tail.close()
+        await memory.close()
 
 
 _process_service: Service | None = None
