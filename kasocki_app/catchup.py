@@ -108,15 +108,19 @@ class CatchUp:
 
     # --- the reader's assignment --------------------------------------------------
 
-    async def sync(self, behind: Behind) -> None:
-        """Open, change, replace or close the reader for the partitions ``behind()``, from their next offsets."""
+    async def sync(self, behind: Behind, open_reader: bool = True) -> None:
+        """Open, change, replace or close the reader for the partitions ``behind()``, from their next offsets.
+
+        Without ``open_reader``, only a reader already open is changed: a subscription is not read
+        until a read waits for it, and an idle one holds no consumer.
+        """
         async with self._lock:
             if self._closed:
                 return
             wanted = behind()
             if self.reader is not None and (not wanted or self._unsure or any(tp in self._stale for tp in wanted)):
                 await self._close_reader()
-            if not wanted:
+            if not wanted or (self.reader is None and not open_reader):
                 return
             if self.reader is None:
                 try:
@@ -163,6 +167,12 @@ class CatchUp:
         self.carried.clear()
         if reader is not None:
             await reader.close()
+
+    async def release(self) -> None:
+        """Close the reader and what it prefetched (records are read again from the next offsets)."""
+        async with self._lock:
+            if self.reader is not None:
+                await self._close_reader()
 
     async def close(self) -> bool:
         self._closed = True

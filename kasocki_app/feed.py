@@ -315,6 +315,11 @@ class Feed:
             return self._watch.generation != self._checked_generation
         return now >= self._next_check
 
+    async def release(self) -> None:
+        """The client reads nothing for a while: the reader lets go of what it can have again (a catch-up consumer)."""
+        if self.reader is not None:
+            await self.reader.release()
+
     async def close(self) -> None:
         """Close the reader (off the loop, as it does) and forget what was buffered."""
         reader, self.reader = self.reader, None

@@ -21,7 +21,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 from confluent_kafka import KafkaError as RdKafkaError
 
-from . import lograte, metrics
+from . import lograte, memory, metrics
 from .conf import conf
 from .exceptions import KafkaError, KasockiError, TooManyConsumersError
 from .threads import executor, in_own_thread, kafka_error, run_blocking, wait_executor, within
@@ -52,18 +52,20 @@ CONSUMER_OVERRIDES: dict[str, Any] = {
 
 # Defaults tuned for many small consumers in one process (each can be overridden
 # in KASOCKI_KAFKA_CONFIG). librdkafka prefetches up to queued.max.messages.kbytes
-# (64 MB by default) per consumer: with hundreds of clients that is gigabytes, so
-# keep 2 MB, enough for several large fetches. queued.min.messages (default 100k)
-# is lowered to match. fetch.max.bytes bounds one fetch response (default 50 MB).
+# (64 MB by default) per consumer, and one more fetch response (fetch.max.bytes,
+# default 50 MB) beyond it: with hundreds of clients that is gigabytes. A client
+# catching up must cost at most its backlog cap and a few MB, so 1 MB of each
+# (measured: a consumer held 3.4 MB with 2 MB of each; one reader's throughput
+# did not change). queued.min.messages (default 100k) is lowered to match.
 # With a small queue, librdkafka waits fetch.queue.backoff.ms (default 1000) before
 # fetching again once the queue was full: that alone capped a client at ~3k msg/s.
 # See https://github.com/confluentinc/librdkafka/blob/master/CONFIGURATION.md
 CONSUMER_DEFAULTS: dict[str, Any] = {
     "client.id": "kasocki",
-    "queued.max.messages.kbytes": 2048,
-    "queued.min.messages": 2000,
+    "queued.max.messages.kbytes": 1024,
+    "queued.min.messages": 1000,
     "fetch.queue.backoff.ms": 5,
-    "fetch.max.bytes": 2 * 1024 * 1024,
+    "fetch.max.bytes": 1024 * 1024,  # at least message.max.bytes (1,000,000)
     "socket.nagle.disable": True,
     "enable.metrics.push": False,
 }
@@ -246,6 +248,9 @@ class KafkaSource:
             raise failure
         return waited.result()
 
+    async def release(self) -> None:
+        """Nothing to let go of: this consumer is the subscription (its prefetch is bounded by CONSUMER_DEFAULTS)."""
+
     def take_errors(self) -> list[KafkaError]:
         flush_logs()  # the stream loop calls this often: summaries get written though no new error comes
         errors = list(self._errors)
@@ -268,6 +273,7 @@ class KafkaSource:
             # A thread of its own, not the shared pool: a close that hangs must not take a
             # worker that every other Kafka call of the process needs.
             await within(in_own_thread(self._consumer.close), conf.consumer_close_timeout)
+            memory.give_back_soon()  # what it prefetched, in its threads' heaps
         except (TimeoutError, KafkaException) as exc:
             ConsumerCounts.abandoned += 1
             metrics.CONSUMERS_ABANDONED.inc()

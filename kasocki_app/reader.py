@@ -17,6 +17,9 @@ The contract the connection relies on:
 * An offset that left the log comes back as an error record (``_AUTO_OFFSET_RESET``) with
   the lost offset; the partition then waits for ``seek``. Other errors of the reader come
   from ``take_errors``.
+* ``release`` lets go of what reading holds while the connection reads nothing for a while
+  (a stalled client): a catch-up consumer and what it prefetched. Positions are kept; the
+  next read that waits takes it up again.
 * ``close`` releases everything, once, whenever it is called; True when it finished in time.
 """
 
@@ -54,6 +57,10 @@ class Reader(Protocol):
 
     def take_errors(self) -> list[KafkaError]:
         """Errors met since the last call, for the client."""
+        ...
+
+    async def release(self) -> None:
+        """Nothing will be read for a while: let go of buffers and consumers that can be had again."""
         ...
 
     async def close(self) -> bool: ...

@@ -27,6 +27,10 @@ from .types import Outbound, Taken
 logger = logging.getLogger(__name__)
 
 
+# A stream paused this long for its client lets go of its reader's consumer (Feed.release).
+RELEASE_SECONDS = 1.0
+
+
 class Phase(enum.Enum):
     """What a connection's stream is doing."""
 
@@ -132,6 +136,7 @@ class Stream:
                         self._back_to_running(Phase.IDLE)
                     continue
                 await self._emit(taken, batch)
+                del taken  # sent: not kept while the loop waits (a batch of a catch-up is megabytes)
                 # engine.io's send does not yield, and a ring has thousands of records ready: without
                 # this, a stop or a consume that arrived would wait until the whole backlog was sent.
                 await asyncio.sleep(0)
@@ -170,8 +175,13 @@ class Stream:
             feed.count_delivered(sent)
 
     async def _wait_for_client(self) -> None:
-        """Read no Kafka while the client's backlog is over the cap; drop a client stalled too long."""
+        """Read no Kafka while the client's backlog is over the cap; drop a client stalled too long.
+
+        Paused for RELEASE_SECONDS, the reader lets go of its catch-up consumer: what it prefetched
+        (megabytes) would otherwise wait beside the backlog for as long as the client does not read.
+        """
         deadline = time.monotonic() + conf.slow_client_timeout
+        release_at: float | None = time.monotonic() + RELEASE_SECONDS
         if not self._enter(Phase.PAUSED):
             return
         try:
@@ -190,6 +200,10 @@ class Stream:
                     )
                     self._spawn(self._outbound.abort())
                     return
+                if release_at is not None and time.monotonic() >= release_at:
+                    release_at = None
+                    await self._feed.release()
+                    continue
                 await asyncio.sleep(0.01)
         finally:
             self._back_to_running(Phase.PAUSED)

@@ -70,20 +70,20 @@ class TailReader:
         for position in positions:
             self._next[position.tp] = position.offset
             self._place(position.tp)
-        await self._sync_private()
+        await self._sync_private(open_reader=False)
 
     async def remove(self, partitions: Sequence[TopicPartition]) -> None:
         for tp in partitions:
             tp = TopicPartition(*tp)
             self._leave(tp)
             self._next.pop(tp, None)
-        await self._sync_private()
+        await self._sync_private(open_reader=False)
 
     async def seek(self, position: Position) -> None:
         self._leave(position.tp)
         self._next[position.tp] = position.offset
         self._place(position.tp)
-        await self._sync_private()
+        await self._sync_private(open_reader=False)
 
     async def read(self, max_records: int, timeout: float) -> list[Readable]:
         if self._closed:
@@ -130,6 +130,9 @@ class TailReader:
     def take_errors(self) -> list[KafkaError]:
         errors, self._errors = self._errors, []
         return errors + self._catchup.take_errors()
+
+    async def release(self) -> None:
+        await self._catchup.release()
 
     async def close(self) -> bool:
         if self._closed:
@@ -265,8 +268,12 @@ class TailReader:
         self._join(tp, ring)
         metrics.HANDOVERS.inc()
 
-    async def _sync_private(self) -> None:
-        """Rings for the partitions behind, and the private reader for them (``catchup.py``)."""
+    async def _sync_private(self, open_reader: bool = True) -> None:
+        """Rings for the partitions behind, and the private reader for them (``catchup.py``).
+
+        Assignment changes (``open_reader`` False) only change a private reader already open: one is
+        opened by the first read that waits, so an idle subscription holds no consumer.
+        """
         if self._closed:
             return
         missing = [tp for tp in self._behind if self._tail.find(tp) is None]
@@ -277,7 +284,7 @@ class TailReader:
                 ring = self._tail.find(tp)
                 if ring is not None and tp in self._behind:
                     ring.behind.add(self)
-        await self._catchup.sync(lambda: {tp: self._next[tp] for tp in self._behind})
+        await self._catchup.sync(lambda: {tp: self._next[tp] for tp in self._behind}, open_reader)
 
 
 def _release(waiter: asyncio.Future[None]) -> None:

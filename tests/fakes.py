@@ -289,6 +289,9 @@ class FakeReader:
         errors, self.errors = self.errors, []
         return errors
 
+    async def release(self) -> None:
+        """A consumer of its own keeps everything (as kafka.KafkaSource)."""
+
     async def close(self) -> bool:
         self.closes += 1
         self.closed = True

@@ -108,7 +108,7 @@ async def behind_on_two_partitions(harness: Harness) -> tuple[TailReader, list[R
     reader = harness.reader()
     await reader.add([Position("t", 0, 10), Position("t", 1, 0)])
     assert (reader.state(T0), reader.state(T1)) == ("catch-up", "catch-up")
-    got = list(await reader.read(100, 0))
+    got = list(await reader.read(100, EXPECTED_WITHIN))  # the first read that waits opens the catch-up consumer
     assert offsets(got, T0) == list(range(10, 20)) and reader.state(T0) == "tail"
     return reader, got
 
@@ -242,7 +242,7 @@ async def test_a_failing_catch_up_read_loses_nothing_taken_before_it(harness, lo
     reader = harness.reader()
     await reader.add([Position("t", 0, 0), Position("t", 1, 0)])  # t/0 on the tail (its ring at 0), t/1 behind
     assert (reader.state(T0), reader.state(T1)) == ("tail", "catch-up")
-    got = list(await reader.read(100, 0))
+    got = list(await reader.read(100, EXPECTED_WITHIN))  # opens the catch-up consumer
     produce(log, T0, 0, 3)
     await settle()  # the ring has t/0's 0..2
     (private,) = (r for r in log.open_readers if r is not harness.tail.reader)
@@ -272,7 +272,7 @@ async def test_records_reaching_a_ring_while_the_catch_up_consumer_is_let_go_end
     reader = harness.reader()
     await reader.add([Position("t", 0, 10), Position("t", 1, 5)])
     assert (reader.state(T0), reader.state(T1)) == ("catch-up", "tail")
-    got = list(await reader.read(100, 0))
+    got = list(await reader.read(100, EXPECTED_WITHIN))  # opens the catch-up consumer
     assert offsets(got, T0) == list(range(10, 20)) and reader.state(T0) == "tail"
     waiting = asyncio.ensure_future(reader.read(100, 60))  # first lets the catch-up consumer go
     await settle()
