@@ -21,6 +21,10 @@ from typing import Any
 from engineio import exceptions, packet
 from engineio.async_socket import AsyncSocket
 
+# Packets a writer sends before it lets the event loop run others; as many as a stream emits in one
+# step (stream.STEP_MESSAGES), so that the writer keeps up with the stream it writes for.
+WRITES_PER_TURN = 100
+
 
 class WebSocketSession(AsyncSocket):  # type: ignore[misc]  # python-engineio ships no type information
     """An engine.io session whose websocket reader and writer wait without a task per packet."""
@@ -118,6 +122,7 @@ class WebSocketSession(AsyncSocket):  # type: ignore[misc]  # python-engineio sh
 
     async def _write(self, ws: Any) -> None:
         self._ws = ws
+        sent = 0
         while True:
             self._idle = True
             try:
@@ -135,6 +140,12 @@ class WebSocketSession(AsyncSocket):  # type: ignore[misc]  # python-engineio sh
                     await ws.send(pkt.encode())
             except BaseException:  # as engine.io's writer: a failed send ends it
                 break
+            sent += len(packets)
+            if sent >= WRITES_PER_TURN:
+                # A send that finds room in the server's buffer does not suspend: without this, a writer with
+                # thousands of packets queued (a client catching up) would hold the event loop until it is done.
+                sent = 0
+                await asyncio.sleep(0)
         await ws.close()
 
     async def _upgrade(self, ws: Any) -> bool:
