@@ -34,6 +34,12 @@ HEARTBEAT = b": heartbeat\n\n"
 # Errors after which the stream ends: a topic left (nothing of it may follow), the client idled too long.
 FINAL_ERRORS = frozenset({"TopicNotAvailableError", "IdleTimeoutError"})  # SlowClientError cuts at once
 
+# What a pending event costs beside its bytes (the bytes object's header, malloc's rounding, the list's
+# slot), counted in the backlog so that the cap bounds memory.
+PENDING_OVERHEAD = 60
+# The most of what is pending handed to the server in one write.
+CHUNK_BYTES = 64 * 1024
+
 Positions = Callable[[], "dict[TopicPartition, int] | None"]
 
 
@@ -116,10 +122,7 @@ class EventStream:
             progress_due = heartbeat_due = time.monotonic()
             while True:
                 if self._pending:
-                    chunk = b"".join(self._pending)
-                    self._pending.clear()
-                    self._pending_bytes = 0
-                    yield chunk
+                    yield self._take_chunk()
                     continue
                 if self.ending:
                     return
@@ -140,6 +143,8 @@ class EventStream:
                     await self._wait(min(progress_due, heartbeat_due) - now)
         finally:
             self.ending = True
+            self._pending.clear()  # never written: not kept while the connection closes
+            self._pending_bytes = 0
             await on_end()
 
     # --- framing --------------------------------------------------------------
@@ -193,11 +198,24 @@ class EventStream:
                 self._write(self._id_event())
             self._end()
 
+    def _take_chunk(self) -> bytes:
+        """What is pending, joined, up to CHUNK_BYTES: one write per wake for a fast client, yet a stalled
+        one's backlog is not copied whole (the join, then the server's chunk framing, each a copy)."""
+        pending = self._pending
+        size = count = 0
+        while count < len(pending) and (count == 0 or size + len(pending[count]) <= CHUNK_BYTES):
+            size += len(pending[count])
+            count += 1
+        chunk = b"".join(pending[:count])
+        del pending[:count]
+        self._pending_bytes -= size + count * PENDING_OVERHEAD
+        return chunk
+
     def _write(self, chunk: bytes) -> None:
         if self.ending:
             return
         self._pending.append(chunk)
-        self._pending_bytes += len(chunk)
+        self._pending_bytes += len(chunk) + PENDING_OVERHEAD
         self.bytes_sent += len(chunk)
         metrics.BYTES_SENT.inc(len(chunk))
         if self._wake is not None:
