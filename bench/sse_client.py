@@ -135,6 +135,11 @@ class SSEClient(asyncio.Protocol):
 
     # --- the protocol -----------------------------------------------------------
 
+    def stop_reading(self) -> None:
+        """Stop reading the socket, like a client that hangs: its buffers fill up and stay full."""
+        if self._transport is not None:
+            self._transport.pause_reading()
+
     def connection_made(self, transport: Any) -> None:
         self._transport = transport
         transport.write(self._request)
