@@ -31,6 +31,7 @@ from .exceptions import InternalError, KafkaError, KasockiError
 from .kafka import WAIT_MAX_SECONDS
 from .reader import Reader, ReaderFactory
 from .ring import Entry, Ring
+from .tasks import process_task
 from .threads import kafka_error
 from .types import Position, Record, TopicPartition
 
@@ -124,7 +125,7 @@ class LiveTail:
                 self.rings[tp] = ring
                 logger.info("live tail of %s opened at offset %d", tp, ring.low)
             if self._pump is None or self._pump.done():
-                self._pump = asyncio.get_running_loop().create_task(self._run(), name=PUMP_NAME)
+                self._pump = process_task(self._run(), PUMP_NAME)
 
     async def _retire(self) -> None:
         """Close every ring and the shared reader; the readers of the rings go on by themselves."""

@@ -6,6 +6,7 @@ Every test checks exact offsets per client: nothing twice, nothing skipped, in o
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
@@ -17,6 +18,7 @@ from prometheus_client import REGISTRY
 from kasocki_app.connection import Connection
 from kasocki_app.exceptions import KafkaError, TooManyConsumersError
 from kasocki_app.feed import Feed
+from kasocki_app.logs import ContextFilter, bind
 from kasocki_app.tail import LiveTail
 from kasocki_app.tailing import TailReader
 from kasocki_app.types import TopicPartition
@@ -290,6 +292,32 @@ async def test_a_ring_whose_assignment_failed_leaves_no_partition_assigned_witho
     assert u0 not in shared.positions
     await clients.tail.open([u0])
     assert clients.tail.find(u0) is not None and u0 in shared.positions
+
+
+async def test_lines_of_process_wide_tasks_carry_no_connection(clients, log, settings, caplog):
+    caplog.handler.addFilter(ContextFilter())
+    caplog.set_level(logging.DEBUG, logger="kasocki_app")
+    bind("sid-gone", "192.0.2.1")  # the connection whose subscribe opened the tail and started the watch
+    await clients.tail.open([T0])
+    watch = ClusterWatch(log, clients.tail.nudge)
+    watch.ensure_started()
+    try:
+
+        async def unreachable() -> Any:
+            raise KafkaError("Kafka did not answer within 10s", code="_TIMED_OUT")
+
+        log.fingerprint = unreachable  # type: ignore[method-assign]
+        settings.KASOCKI_TAIL_GRACE_SECONDS = 0
+        log.produce("t", numbered(1))  # wakes the pump, which closes the ring nobody reads
+        await settle()
+        assert clients.tail.find(T0) is None and watch.generation > 0
+    finally:
+        await watch.close()
+    lines = {r.name: r for r in caplog.records if "closed: no reader" in r.message or "cluster watch" in r.message}
+    assert {name: (r.sid, r.client) for name, r in lines.items()} == {
+        "kasocki_app.tail": ("-", "-"),
+        "kasocki_app.watch": ("-", "-"),
+    }
 
 
 async def test_no_private_reader_is_opened_for_clients_at_the_head(clients):
