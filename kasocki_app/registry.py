@@ -14,7 +14,6 @@ process stops without cancelling it.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import itertools
 import logging
 import os
@@ -32,6 +31,7 @@ from . import registry_store as store
 from .cluster import cluster
 from .conf import conf
 from .tailing import TailReader
+from .tasks import process_task
 from .threads import within
 from .types import TopicPartition
 
@@ -80,9 +80,8 @@ def ensure_started(service: Service) -> None:
         elif task.get_loop() is loop and not task.done():
             return
     registry_exit.install_sigterm_handler()
-    # A fresh context: the task serves the whole process, not the connection whose connect started it.
     publisher = Publisher(service, process_id(service))
-    task = loop.create_task(publisher.run(), name=TASK_NAME, context=contextvars.Context())
+    task = process_task(publisher.run(), TASK_NAME)
     service.background.add(task)
     task.add_done_callback(service.background.discard)
 

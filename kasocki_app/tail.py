@@ -10,6 +10,11 @@ partitions only: no group membership, no commits.
 Errors of the shared reader reach every connection on the tail (``Listener.tail_error``);
 a ring whose next offset left the log closes, and its readers go on with consumers of
 their own, where the reset policy applies to each alone.
+
+The pump never waits for anything but its reads: it closes rings at once, and their
+partitions' removal from the shared reader waits for the lock that orders every change
+of the shared reader (held across Kafka calls), taken by the next ``open`` or by a task
+of the tail's own. The rules are in docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import contextlib
 import logging
 import re
 import time
+from collections import Counter
 from collections.abc import Callable, Hashable, Sequence
 from typing import Protocol
 
@@ -31,6 +37,7 @@ from .exceptions import InternalError, KafkaError, KasockiError
 from .kafka import WAIT_MAX_SECONDS
 from .reader import Reader, ReaderFactory
 from .ring import Entry, Ring
+from .tasks import process_task
 from .threads import kafka_error
 from .types import Position, Record, TopicPartition
 
@@ -39,6 +46,7 @@ logger = logging.getLogger(__name__)
 # Records the pump takes from the shared reader per step.
 PUMP_BATCH = 2000
 PUMP_NAME = "kasocki-live-tail"
+REMOVER_NAME = "kasocki-live-tail-removals"
 # How librdkafka's error callback names the partition an error is about: "topic [partition]: ...".
 NAMED_PARTITION = re.compile(r"^(?P<topic>[^\s\[\]]+) \[(?P<partition>\d+)\]: ")
 # How often rings without readers are looked at.
@@ -76,7 +84,17 @@ class LiveTail:
         self._reader: Reader | None = None
         self._opening: dict[TopicPartition, Ring] = {}  # rings of partitions being assigned to the shared reader
         self._pump: asyncio.Task[None] | None = None
-        self._lock = asyncio.Lock()  # opening rings and the reader, one at a time
+        # Partitions whose rings the pump closed, still assigned to the shared reader: removed under the
+        # lock by the next open (before its add) or by the remover task, whichever takes the lock first.
+        self._closed_rings: set[TopicPartition] = set()
+        self._remover: asyncio.Task[None] | None = None
+        # Assignments of each partition to the shared reader, and replacements of the reader: whether a
+        # mark looked up before the lock is still good (_unsure).
+        self._added: Counter[TopicPartition] = Counter()
+        self._retired = 0
+        # Every change of the shared reader (made, replaced, assigned, unassigned), one at a time and in
+        # order. Held across Kafka calls, so the pump never waits for it (docs/architecture.md).
+        self._lock = asyncio.Lock()
         self._swept = 0.0  # when rings nobody reads were last looked for
         self.closed = False
 
@@ -92,22 +110,33 @@ class LiveTail:
         """Make sure each partition has a ring, opening the missing ones at their log end."""
         if all(tp in self.rings for tp in partitions) or self.closed:
             return
+        wanted = sorted(set(partitions))
+        # Looked up before the lock: a ring starts where the shared reader is assigned, so a mark looked up
+        # earlier is still exact, unless the shared reader had the partition meanwhile (see _unsure).
+        unheld = [tp for tp in wanted if not self._held(tp)]
+        seen = (self._retired, {tp: self._added[tp] for tp in unheld})
+        marks = await self._catalog.watermarks(unheld) if unheld else {}
         async with self._lock:
-            missing = sorted({tp for tp in partitions if tp not in self.rings})
+            missing = [tp for tp in wanted if tp not in self.rings]
             if not missing or self.closed:
                 return
             key = self._reader_key()
             if self._reader is not None and key != self._made_with:
                 await self._retire()
-                missing = sorted(set(partitions))
+                missing = wanted
             if self._reader is None:
                 self._reader = await self._open_reader()
                 self._made_with = key
-            marks = await self._catalog.watermarks(missing)
+            # Before any add: a closed ring's removal made after its reopen's add would undo it.
+            await self._apply_removals()
+            unsure = [tp for tp in missing if tp not in marks or self._unsure(tp, seen)]
+            if unsure:  # a ring closed and reopened at once, say: looked up after the removal
+                marks.update(await self._catalog.watermarks(unsure))
             opening = {tp: Ring(tp, marks[tp][1], conf.tail_records, conf.tail_bytes) for tp in missing}
             # Filled from the moment the shared reader is assigned them: the pump may read their first
             # records before this call resumes, and a ring made after that would lack them.
             self._opening.update(opening)
+            self._added.update(list(opening))  # (a mapping would add its values)
             try:
                 await self._reader.add([Position(tp.topic, tp.partition, ring.low) for tp, ring in opening.items()])
             except Exception:
@@ -124,13 +153,28 @@ class LiveTail:
                 self.rings[tp] = ring
                 logger.info("live tail of %s opened at offset %d", tp, ring.low)
             if self._pump is None or self._pump.done():
-                self._pump = asyncio.get_running_loop().create_task(self._run(), name=PUMP_NAME)
+                self._pump = process_task(self._run(), PUMP_NAME)
+
+    def _held(self, tp: TopicPartition) -> bool:
+        """Whether the shared reader may have ``tp`` assigned (or be about to)."""
+        return tp in self.rings or tp in self._opening or tp in self._closed_rings
+
+    def _unsure(self, tp: TopicPartition, seen: tuple[int, dict[TopicPartition, int]]) -> bool:
+        """Whether the shared reader had ``tp`` since its mark was looked up (``seen`` then).
+
+        What that assignment fetched may still come after its removal (``reader.py``), from further
+        on than the mark: a ring starting at the mark would take it and skip what lies between.
+        """
+        retired, added = seen
+        return retired != self._retired or added.get(tp) != self._added[tp]
 
     async def _retire(self) -> None:
         """Close every ring and the shared reader; the readers of the rings go on by themselves."""
         logger.info("the Kafka settings changed: the live tail's reader is replaced")
         rings, self.rings = self.rings, {}
         reader, self._reader = self._reader, None
+        self._closed_rings.clear()  # removals from the reader closed here
+        self._retired += 1
         for tp, ring in rings.items():
             for member in list(ring.members):
                 member.ring_closed(tp)
@@ -140,10 +184,11 @@ class LiveTail:
     async def close(self) -> None:
         """Stop the pump and close the shared reader (the service's shutdown)."""
         self.closed = True
-        pump, self._pump = self._pump, None
-        if pump is not None:
-            pump.cancel()
-            await asyncio.gather(pump, return_exceptions=True)
+        tasks = [task for task in (self._pump, self._remover) if task is not None]
+        self._pump = self._remover = None
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         for tp in list(self.rings):
             self._drop(tp)
         reader, self._reader = self._reader, None
@@ -182,7 +227,7 @@ class LiveTail:
                 continue  # fetched before its ring closed
             if record.error() is not None:
                 if tp in self.rings:
-                    await self._failed(tp, record)
+                    self._failed(tp, record)
                 continue
             grown.setdefault(tp, []).append(record)
         for tp, batch in grown.items():
@@ -194,26 +239,18 @@ class LiveTail:
                 member.wake()
         if time.monotonic() - self._swept >= min(SWEEP_SECONDS, conf.tail_grace_seconds):
             self._swept = time.monotonic()
-            await self._sweep(reader)
+            self._sweep()
 
-    async def _failed(self, tp: TopicPartition, record: Record) -> None:
+    def _failed(self, tp: TopicPartition, record: Record) -> None:
         """An error record of a tailed partition: tell its readers; close the ring if it cannot go on."""
         cause = record.error()
         assert cause is not None
         if cause.code() == RdKafkaError._AUTO_OFFSET_RESET:
             # Each reader goes on from its own position with a consumer of its own, where the
-            # reset policy applies to it alone. Under the lock, as every assignment change of the
-            # shared reader: a reopen's add made before this remove would be undone by it.
-            async with self._lock:
-                ring = self.rings.get(tp)
-                if ring is None:
-                    return
-                logger.warning("live tail of %s closed: %s", tp, cause.str())
-                members = list(ring.members)
-                self._drop(tp)
-                if self._reader is not None:
-                    with contextlib.suppress(KafkaError):
-                        await self._reader.remove([tp])
+            # reset policy applies to it alone.
+            logger.warning("live tail of %s closed: %s", tp, cause.str())
+            members = list(self.rings[tp].members)
+            self._close_ring(tp)
             for member in members:
                 member.ring_closed(tp)
             return
@@ -222,7 +259,7 @@ class LiveTail:
         for member in list(self.rings[tp].members):
             member.tail_error(failure)
 
-    async def _sweep(self, reader: Reader) -> None:
+    def _sweep(self) -> None:
         """Close rings that nobody read for the grace period."""
         now = time.monotonic()
         idle = [
@@ -231,15 +268,45 @@ class LiveTail:
             if not ring.members and not ring.behind and ring.idle_since is not None
             if now - ring.idle_since >= conf.tail_grace_seconds
         ]
-        if not idle:
+        for tp in idle:
+            self._close_ring(tp)
+            logger.info("live tail of %s closed: no reader for %gs", tp, conf.tail_grace_seconds)
+
+    def _close_ring(self, tp: TopicPartition) -> None:
+        """The pump's close of a ring, at once; its partition's removal from the shared reader waits for the lock."""
+        self._drop(tp)
+        self._closed_rings.add(tp)
+        self._schedule_removals()
+
+    def _schedule_removals(self) -> None:
+        if not self.closed and (self._remover is None or self._remover.done()):
+            self._remover = process_task(self._remove_closed(), REMOVER_NAME)
+
+    async def _remove_closed(self) -> None:
+        """The remover task: the closed rings' removals, unless an open made them first."""
+        while self._closed_rings and not self.closed:
+            async with self._lock:
+                await self._apply_removals()
+
+    async def _apply_removals(self) -> None:
+        """Remove the closed rings' partitions from the shared reader (under the lock)."""
+        assert self._lock.locked()
+        gone, self._closed_rings = sorted(self._closed_rings), set()
+        if not gone or self._reader is None:
             return
-        async with self._lock:
-            idle = [tp for tp in idle if tp in self.rings and not self.rings[tp].members and not self.rings[tp].behind]
-            for tp in idle:
-                self._drop(tp)
-                logger.info("live tail of %s closed: no reader for %gs", tp, conf.tail_grace_seconds)
-            if idle:
-                await reader.remove(idle)
+        try:
+            await self._reader.remove(gone)
+        except KafkaError as exc:
+            # Made or not: a record of them comes to no ring, and a reopen's add that fails on one
+            # still assigned is undone, which removes it.
+            logger.warning("the live tail could not let go of %s: %s", ", ".join(map(str, gone)), exc.message)
+        except Exception:
+            logger.exception("the live tail could not let go of %s", ", ".join(map(str, gone)))
+        except BaseException:
+            # Cancelled (the open that applied them was: its client left): made or not, tried again.
+            self._closed_rings.update(gone)
+            self._schedule_removals()
+            raise
 
     def nudge(self) -> None:
         """Wake every reader on the tail, records or not (each looks at the cluster when it wakes)."""

@@ -1,13 +1,15 @@
 """The tasks one connection owns: client requests in flight (bounded) and background work.
 
 Every task has this owner, which cancels and awaits it when the connection closes,
-whatever moment the client leaves at.
+whatever moment the client leaves at. Tasks that serve the whole process start with
+``process_task`` instead, outside every connection's context.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import time
 from collections.abc import Coroutine
 from types import TracebackType
@@ -17,6 +19,15 @@ from .conf import conf
 from .exceptions import TooManyRequestsError
 
 T = TypeVar("T")
+
+
+def process_task(coro: Coroutine[Any, Any, T], name: str | None = None) -> asyncio.Task[T]:
+    """Start a task that serves the whole process (its owner cancels and awaits it).
+
+    In an empty context: one copied from the connection whose call started it would tag every
+    line it logs with that connection's sid and address, long after the connection left.
+    """
+    return asyncio.get_running_loop().create_task(coro, name=name, context=contextvars.Context())
 
 
 class Tasks:

@@ -7,7 +7,6 @@ change reaches every process within that time; the process that saved it forgets
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import time
 from dataclasses import dataclass
 
@@ -17,6 +16,7 @@ from .access import ANONYMOUS, Principal
 from .cluster import cluster
 from .conf import conf
 from .models import WhitelistedTopic
+from .tasks import process_task
 
 
 @dataclass(frozen=True)
@@ -74,8 +74,8 @@ class WhitelistCache:
             or refresh.get_loop() is not loop
             or self._refresh_generation != self._generation
         ):
-            # A fresh context: the refresh serves every connection, not the one whose call started it.
-            refresh = loop.create_task(self._load(self._generation), context=contextvars.Context())
+            # The refresh serves every connection, not the one whose call started it.
+            refresh = process_task(self._load(self._generation))
             self._refresh = refresh
             self._refresh_generation = self._generation
             refresh.add_done_callback(_seen)

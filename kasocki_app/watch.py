@@ -21,6 +21,7 @@ from collections.abc import Callable, Hashable
 
 from .assignments import Catalog
 from .conf import conf
+from .tasks import process_task
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ class ClusterWatch:
     def ensure_started(self) -> None:
         """Start watching (lazily, at the first connection: daphne sends no lifespan events)."""
         if not self.running:
-            self._task = asyncio.get_running_loop().create_task(self._run(), name=WATCH_NAME)
+            self._task = process_task(self._run(), WATCH_NAME)
 
     async def close(self) -> None:
         task, self._task = self._task, None

@@ -6,20 +6,23 @@ Every test checks exact offsets per client: nothing twice, nothing skipped, in o
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import pytest
 from confluent_kafka import KafkaError as RdKafkaError
+from confluent_kafka import Message
 from prometheus_client import REGISTRY
 
 from kasocki_app.connection import Connection
 from kasocki_app.exceptions import KafkaError, TooManyConsumersError
 from kasocki_app.feed import Feed
+from kasocki_app.logs import ContextFilter, bind
 from kasocki_app.tail import LiveTail
 from kasocki_app.tailing import TailReader
-from kasocki_app.types import TopicPartition
+from kasocki_app.types import Position, TopicPartition
 from kasocki_app.watch import ClusterWatch
 from tests.fakes import EXPECTED_WITHIN, Changes, FakeLog, FakeOutbound, FakeReader, emit, offsets_of, settle
 
@@ -290,6 +293,204 @@ async def test_a_ring_whose_assignment_failed_leaves_no_partition_assigned_witho
     assert u0 not in shared.positions
     await clients.tail.open([u0])
     assert clients.tail.find(u0) is not None and u0 in shared.positions
+
+
+class SlowLookups:
+    """The fake log's watermarks of ``slow`` partitions come once ``answer`` is set (a slow broker)."""
+
+    def __init__(self, log: FakeLog, slow: set[TopicPartition]) -> None:
+        self.slow = slow
+        self.answer = asyncio.Event()
+        self.asked = asyncio.Event()
+        self._lookup = log.watermarks
+        log.watermarks = self.watermarks  # type: ignore[method-assign]
+
+    async def watermarks(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, tuple[int, int]]:
+        marks = await self._lookup(partitions)  # as the broker saw them when asked
+        if self.slow.intersection(partitions):
+            self.asked.set()
+            await self.answer.wait()
+        return marks
+
+
+@pytest.mark.parametrize("closing", ["idle after the grace period", "lost offset"])
+async def test_a_slow_lookup_of_a_new_ring_stalls_no_other_ring(clients, settings, closing):
+    # The pump closes a ring (an idle one it sweeps, or one whose offset was lost) while another
+    # ring's watermarks are looked up: delivery to every ring must go on meanwhile.
+    log, tail = clients.log, clients.tail
+    await ring_of_15_to_19(clients)  # a client reads t/0 at the head
+    client, outbound = clients.connect()
+    await client.subscribe({"topic": "t", "partition": 0})
+    await client.start(None)
+    log.create_topic("idle")
+    idle, new = TopicPartition("idle", 0), TopicPartition("new", 0)
+    await tail.open([idle])  # a ring nobody reads
+    log.create_topic("new")
+    slow = SlowLookups(log, {new})
+    opening = asyncio.create_task(tail.open([new]))
+    try:
+        await asyncio.wait_for(slow.asked.wait(), EXPECTED_WITHIN)
+        if closing == "lost offset":
+            log.fail("idle", 0, code=RdKafkaError._AUTO_OFFSET_RESET)
+        else:
+            settings.KASOCKI_TAIL_GRACE_SECONDS = 0  # (not a valid setting: here, no wait for time to pass)
+            log.produce("idle", numbered(1))  # wakes the pump, which then sweeps
+        await settle()
+        log.produce("t", numbered(2, 20))
+        await outbound.until(lambda: len(outbound.messages()) == 2, "t/0's records while the lookup waits")
+        assert offsets_of(outbound.messages()) == [("t", 0, 20), ("t", 0, 21)]
+        assert tail.find(idle) is None  # closed by the pump, which did not wait either
+        assert not opening.done()
+    finally:
+        slow.answer.set()
+        await opening
+    shared = tail.reader
+    assert isinstance(shared, FakeReader)
+    assert tail.find(new) is not None and new in shared.positions
+    await log.changes.until(lambda: idle not in shared.positions, "the closed ring's removal")
+
+
+class FetchedAhead(FakeReader):
+    """A shared reader as ``reader.py`` allows: what it fetched of a partition still comes after the
+    partition's removal returned. Records of ``held`` partitions are fetched but not handed out yet."""
+
+    def __init__(self, log: FakeLog) -> None:
+        super().__init__(log)
+        self.held: set[TopicPartition] = set()
+        self.fetched: list[Message] = []
+
+    async def remove(self, partitions: Sequence[TopicPartition]) -> None:
+        for tp in self.held.intersection(partitions):
+            log = self.log.topics[tp.topic][tp.partition]
+            self.fetched += log.records[self.positions[tp] : log.end]
+        self.held.difference_update(partitions)
+        await super().remove(partitions)
+
+    def _take(self, max_records: int) -> list[Message]:
+        fetched, self.fetched = self.fetched[:max_records], self.fetched[max_records:]
+        hidden = {tp: self.positions.pop(tp) for tp in self.held if tp in self.positions}
+        try:
+            return fetched + super()._take(max_records - len(fetched))
+        finally:
+            self.positions.update(hidden)
+
+
+@pytest.mark.parametrize("had", ["its ring open", "its ring opened and closed"])
+async def test_a_ring_reopened_after_a_slow_lookup_starts_after_what_its_last_assignment_fetched(log, had):
+    # A mark looked up while the shared reader had the partition may lie behind records of that
+    # assignment which come after its removal: a ring starting at the mark would take them and skip
+    # what lies between.
+    shared = FetchedAhead(log)
+
+    async def open_shared() -> FetchedAhead:
+        log.readers.append(shared)
+        return shared
+
+    log.create_topic("t")
+    log.create_topic("new")
+    new = TopicPartition("new", 0)
+    slow = SlowLookups(log, {new})
+    tail = LiveTail(open_shared, log)
+    try:
+        log.produce("t", numbered(10))
+        if had == "its ring open":
+            await tail.open([T0])  # at 10
+        opening = asyncio.create_task(tail.open([T0, new]))
+        await asyncio.wait_for(slow.asked.wait(), EXPECTED_WITHIN)
+        if had != "its ring open":
+            await asyncio.wait_for(tail.open([T0]), EXPECTED_WITHIN)  # another client's, during the lookup (of 10)
+        log.produce("t", numbered(3, 10))
+        await settle()  # in the ring: 10..12
+        shared.held.add(T0)
+        log.produce("t", numbered(1, 13))  # fetched, not handed out yet
+        log.fail("t", 0, code=RdKafkaError._AUTO_OFFSET_RESET)  # the pump closes the ring
+        await settle()
+        assert tail.find(T0) is None and T0 not in shared.positions and shared.fetched
+        slow.answer.set()
+        await opening
+        log.produce("t", numbered(1, 14))
+        await settle()
+        ring = tail.find(T0)
+        assert ring is not None
+        assert [e.offset for e in ring.since(ring.low, 100)] == list(range(ring.low, ring.high)) != []
+    finally:
+        slow.answer.set()
+        await tail.close()
+
+
+@pytest.mark.parametrize("first", ["the removal", "the reopen"])
+async def test_a_ring_the_pump_closed_and_reopened_at_once_keeps_its_partition_assigned(clients, first):
+    # The pump closes a ring at once and leaves its partition's removal from the shared reader to
+    # whoever takes the tail's lock next: the reopen's add must come after it, whoever that is.
+    log, tail = clients.log, clients.tail
+    await tail.open([T0])
+    shared = tail.reader
+    assert isinstance(shared, FakeReader)
+    changes: list[tuple[str, asyncio.Task[Any] | None]] = []  # of t/0, and which task made each
+    add, remove = shared.add, shared.remove
+
+    async def adding(positions: Sequence[Position]) -> None:
+        changes.extend(("add", asyncio.current_task()) for p in positions if p.tp == T0)
+        await add(positions)
+
+    async def removing(partitions: Sequence[TopicPartition]) -> None:
+        changes.extend(("remove", asyncio.current_task()) for tp in partitions if tp == T0)
+        await remove(partitions)
+
+    shared.add, shared.remove = adding, removing  # type: ignore[method-assign]
+    log.create_topic("u")
+    log.create_topic("v")
+    log.assigning = asyncio.Event()  # assignment changes are made; their calls return once set
+    holding = asyncio.create_task(tail.open([TopicPartition("u", 0)]))  # holds the lock meanwhile
+    await settle()
+
+    def reopen() -> asyncio.Task[None]:  # with a partition that has no ring yet: it waits for the lock
+        return asyncio.create_task(tail.open([T0, TopicPartition("v", 0)]))
+
+    reopening = reopen() if first == "the reopen" else None
+    await settle()
+    log.fail("t", 0, code=RdKafkaError._AUTO_OFFSET_RESET)  # the pump closes t/0's ring
+    await settle()
+    assert tail.find(T0) is None and changes == [], "the ring is closed; its removal waits for the lock"
+    reopening = reopening or reopen()
+    await settle()
+    log.assigning.set()
+    await holding
+    await reopening
+    await settle()  # the removals' task, when its turn came after the reopen
+    assert [kind for kind, _ in changes] == ["remove", "add"]
+    assert (changes[0][1] is reopening) == (first == "the reopen")
+    ring = tail.find(T0)
+    assert ring is not None and T0 in shared.positions
+    log.produce("t", numbered(1))
+    await settle()
+    assert ring.high == 1, "t/0's record is not in the reopened ring"
+
+
+async def test_lines_of_process_wide_tasks_carry_no_connection(clients, log, settings, caplog):
+    caplog.handler.addFilter(ContextFilter())
+    caplog.set_level(logging.DEBUG, logger="kasocki_app")
+    bind("sid-gone", "192.0.2.1")  # the connection whose subscribe opened the tail and started the watch
+    await clients.tail.open([T0])
+    watch = ClusterWatch(log, clients.tail.nudge)
+    watch.ensure_started()
+    try:
+
+        async def unreachable() -> Any:
+            raise KafkaError("Kafka did not answer within 10s", code="_TIMED_OUT")
+
+        log.fingerprint = unreachable  # type: ignore[method-assign]
+        settings.KASOCKI_TAIL_GRACE_SECONDS = 0
+        log.produce("t", numbered(1))  # wakes the pump, which closes the ring nobody reads
+        await settle()
+        assert clients.tail.find(T0) is None and watch.generation > 0
+    finally:
+        await watch.close()
+    lines = {r.name: r for r in caplog.records if "closed: no reader" in r.message or "cluster watch" in r.message}
+    assert {name: (r.sid, r.client) for name, r in lines.items()} == {
+        "kasocki_app.tail": ("-", "-"),
+        "kasocki_app.watch": ("-", "-"),
+    }
 
 
 async def test_no_private_reader_is_opened_for_clients_at_the_head(clients):
