@@ -9,6 +9,7 @@ Every bad input raises the error socket.io clients get for it (docs/protocol.md)
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -95,18 +96,39 @@ def parse_since(text: str) -> int:
     if value.isdigit():
         milliseconds = int(value)
     else:
-        try:
-            moment = datetime.fromisoformat(value)
-        except ValueError:
+        moment = _iso_date_time(value)
+        if moment is None:
             raise InvalidArgumentError(
-                f"'since' must be milliseconds since the epoch or an ISO 8601 date-time, got {text[:64]!r}"
-            ) from None
+                "'since' must be milliseconds since the epoch or an ISO 8601 date-time such as "
+                "2026-12-07T23:10:34Z or, in a URL, 2026-12-07T23:10:34%2B01:00 (write '+' as %2B: "
+                f"a bare '+' means a space), got {text[:64]!r}"
+            )
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=UTC)
         milliseconds = int(moment.timestamp() * 1000)
     if not 0 <= milliseconds < 2**63:
         raise InvalidArgumentError("'since' must not be before 1970")
     return milliseconds
+
+
+# A query string decodes '+' to a space, so "...T23:10:34+01:00" pasted into a URL arrives as
+# "...T23:10:34 01:00". After a time of day (a 'T' or a space before it), a space and then
+# hh:mm or hhmm can only be that offset; "2026-12-07 01:00" has no time before it, so it stays 01:00.
+_SPACED_OFFSET = re.compile(r"(?P<moment>\S*[T ]\S+) (?P<offset>\d{2}:?\d{2})")
+
+
+def _iso_date_time(value: str) -> datetime | None:
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        pass
+    spaced = _SPACED_OFFSET.fullmatch(value)
+    if spaced is None:
+        return None
+    try:
+        return datetime.fromisoformat(f"{spaced['moment']}+{spaced['offset']}")
+    except ValueError:
+        return None
 
 
 def parse_filter(text: str | None) -> Any:

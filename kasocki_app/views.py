@@ -22,13 +22,24 @@ async def healthz(request: HttpRequest) -> JsonResponse:
 
 
 async def readyz(request: HttpRequest) -> JsonResponse:
-    """200 when Kafka answers a metadata request, else 503 with the reason."""
+    """200 when Kafka answers and every topic of KASOCKI_ALLOWED_TOPICS exists, else 503 with the reason.
+
+    Balancers poll it, so it reads the process's cached metadata (KASOCKI_METADATA_CACHE_SECONDS):
+    at most one metadata request per that period, however often it is asked. Topics of the admin's
+    whitelist are not awaited: admins change it at run time for every process at once, so a missing
+    one would take all processes out of the balancer together (docs/deployment.md).
+    """
     try:
-        topics = await cluster.topics(fresh=True)
+        topics = await cluster.topics()
     except KafkaError as exc:
         return JsonResponse(
             {"status": "unavailable", "reason": exc.message, "code": exc.details.get("code")}, status=503
         )
+    # Internal topics are never served (nor listed by cluster.topics()), so never awaited.
+    missing = sorted({name for name in conf.allowed_topics if name not in topics and not name.startswith("__")})
+    if missing:
+        reason = f"topics of KASOCKI_ALLOWED_TOPICS missing from the cluster: {', '.join(missing)}"
+        return JsonResponse({"status": "unavailable", "reason": reason, "missing": missing}, status=503)
     return JsonResponse({"status": "ok", "topics": len(topics)})
 
 

@@ -152,5 +152,10 @@ LOGGING = {
         }
     },
     "root": {"handlers": ["console"], "level": "WARNING"},
-    "loggers": {"kasocki_app": {"level": os.environ.get("KASOCKI_LOG_LEVEL", "INFO")}},
+    "loggers": {
+        "kasocki_app": {"level": os.environ.get("KASOCKI_LOG_LEVEL", "INFO")},
+        # No handler of its own: Django's default one (printing under DEBUG) wrote every request
+        # and "Not Found" line a second time beside root's.
+        "django": {"level": "INFO"},
+    },
 }

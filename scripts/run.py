@@ -2,16 +2,22 @@
 """`make run`: serve Kasocki on http://127.0.0.1:8000 with a demo topic, starting Kafka if needed.
 
 Uses KAFKA_BOOTSTRAP_SERVERS when it is reachable; otherwise starts a local broker
-(scripts/kafka.py) and stops it again on Ctrl-C. The demo producer fills and feeds
-the topic `demo` (KASOCKI_DEMO_TOPIC), which is added to KASOCKI_ALLOWED_TOPICS.
+(scripts/kafka.py) and stops it again on Ctrl-C. The demo producer creates and fills
+the topic `demo` (KASOCKI_DEMO_TOPIC), which is added to KASOCKI_ALLOWED_TOPICS, before
+the server starts; it then feeds it. "Serving Kasocki on ..." is printed once /readyz
+answers 200. `scripts/run.py 127.0.0.1:8001` serves on another address.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -19,8 +25,14 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import kafka as broker_script  # noqa: E402  (scripts/kafka.py)
 
+# How long the server may take to answer /readyz before `make run` says why it does not.
+READY_TIMEOUT = 60.0
 
-def main() -> int:
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Serve Kasocki with a demo topic, starting Kafka if needed.")
+    parser.add_argument("address", nargs="?", default="127.0.0.1:8000", help="host:port to serve on")
+    address = parser.parse_args(argv).address
     env = dict(os.environ)
     bootstrap = env.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
     started_broker = False
@@ -46,15 +58,16 @@ def main() -> int:
     children: list[subprocess.Popen[bytes]] = []
     try:
         subprocess.run([python, manage, "migrate", "--noinput", "-v", "0"], env=env, check=True)
-        children.append(
-            subprocess.Popen(
-                [python, manage, "kasocki_demo_producer", "--topic", topic, "--rate", "5", "--backfill", "500"],
-                env=env,
-            )
-        )
-        print("Serving Kasocki on http://127.0.0.1:8000 (Ctrl-C to stop)", flush=True)
-        server = subprocess.Popen([python, manage, "runserver", "127.0.0.1:8000", "--noreload"], env=env)
+        # The topic exists and holds its backfill before the server starts: a client that comes
+        # as soon as the server answers must not be told that the topic does not exist.
+        demo = [python, manage, "kasocki_demo_producer", "--topic", topic]
+        subprocess.run([*demo, "--backfill", "500", "--no-stream"], env=env, check=True)
+        children.append(subprocess.Popen([*demo, "--rate", "5"], env=env))
+        server = subprocess.Popen([python, manage, "runserver", address, "--noreload"], env=env)
         children.append(server)
+        url = f"http://{address}"
+        if wait_ready(server, url):
+            print(f"Serving Kasocki on {url} (Ctrl-C to stop)", flush=True)
         return server.wait()
     except KeyboardInterrupt:
         return 0
@@ -72,6 +85,26 @@ def main() -> int:
         if started_broker:
             broker_script.stop("run")
             print("Stopped the local Kafka broker.", flush=True)
+
+
+def wait_ready(server: subprocess.Popen[bytes], url: str) -> bool:
+    """Wait until the server answers /readyz with 200; False when it exits first."""
+    deadline = time.monotonic() + READY_TIMEOUT
+    answer = "no answer"
+    while server.poll() is None:
+        try:
+            with urllib.request.urlopen(f"{url}/readyz", timeout=5):
+                return True
+        except urllib.error.HTTPError as exc:
+            with exc:
+                answer = f"{exc.code} {exc.read().decode(errors='replace')}"
+        except OSError:
+            pass  # not listening yet
+        if time.monotonic() > deadline:
+            print(f"The server does not get ready at {url}: /readyz answers {answer}", file=sys.stderr, flush=True)
+            return False
+        time.sleep(0.2)
+    return False
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import uuid
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
@@ -116,6 +117,22 @@ def test_demo_producer_creates_and_fills_a_topic(kafka):
             total += high - low
         consumer.close()
         assert total == 25
+    finally:
+        kafka.delete_topics([topic])
+
+
+def test_demo_producer_without_stream_creates_the_topic_and_backfill_then_returns(kafka):
+    topic = f"demo-{uuid.uuid4().hex[:12]}"
+    try:
+        out, _ = run("kasocki_demo_producer", "--topic", topic, "--backfill", "7", "--no-stream")
+        assert f"topic {topic!r} is there" in out
+        consumer = Consumer({"bootstrap.servers": kafka.bootstrap, "group.id": "test-demo"})
+        total = 0
+        for partition in range(3):
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+            total += high - low
+        consumer.close()
+        assert total == 7
     finally:
         kafka.delete_topics([topic])
 

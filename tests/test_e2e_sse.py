@@ -102,8 +102,9 @@ async def test_since_starts_every_partition_at_a_time(kafka, make_topic, allow, 
     kafka.produce(topic, [{"i": 0}], partition=0, timestamp=base)
     kafka.produce(topic, [{"i": 1}], partition=0, timestamp=base + 2000)
     kafka.produce(topic, [{"i": 2}], partition=1, timestamp=base + 3000)
-    iso = datetime.fromtimestamp((base + 1000) / 1000, UTC).isoformat().replace("+00:00", "Z")
-    for since in (str(base + 1000), quote(iso)):
+    iso = datetime.fromtimestamp((base + 1000) / 1000, UTC).isoformat()
+    # The offset's "+" as pasted into the URL, unencoded: the server reads it as a space.
+    for since in (str(base + 1000), quote(iso.replace("+00:00", "Z")), iso):
         stream = await opened(f"{asgi_server.url}/v2/stream/{topic}?since={since}")
         assert sorted(m["i"] for m in await stream.messages(2)) == [1, 2]
         await stream.close()

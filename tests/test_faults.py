@@ -23,6 +23,7 @@ from confluent_kafka import Consumer
 
 from kasocki_app import kafka as kasocki_kafka
 from kasocki_app.cluster import cluster
+from kasocki_app.conf import conf
 from kasocki_app.kafka import ConsumerCounts
 from scripts import kafka as broker_script
 from scripts.kafka_topics import KafkaTopics
@@ -123,7 +124,11 @@ async def test_stream_survives_a_broker_restart_without_loss_or_duplicates(
 
     # While it is down the server still serves: health, new connections, bounded Kafka failures.
     assert await asyncio.to_thread(http_status, f"{asgi_server.url}/healthz") == 200
-    assert await asyncio.to_thread(http_status, f"{asgi_server.url}/readyz") == 503
+    # /readyz reads the metadata cache: it tells of the outage once that expires.
+    deadline = time.monotonic() + conf.metadata_cache_seconds + 3 + MARGIN
+    while await asyncio.to_thread(http_status, f"{asgi_server.url}/readyz") != 503:
+        assert time.monotonic() < deadline, "/readyz did not tell of the outage"
+        await asyncio.sleep(0.1)
     other = await connect()
     kafka_error(await other.next("err", timeout=3 + MARGIN), "connect")
     assert await other.next("ready") == []

@@ -51,10 +51,47 @@ def test_since_reads_iso_8601(text, expected):
     assert parse_since(text) == expected
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param("2023-11-14T22:13:20 00:00", 1700000000000, id="hh:mm"),
+        pytest.param("2023-11-14T22:13:20 0000", 1700000000000, id="hhmm"),
+        pytest.param("2023-11-14T23:13:20 01:00", 1700000000000, id="east-of-utc"),
+        pytest.param("2023-11-14T22:13:20.5 00:00", 1700000000500, id="fraction"),
+        pytest.param("2023-11-14T22:13 00:00", 1700000000000 - 20_000, id="no-seconds"),
+        pytest.param("2023-11-14 22:13:20 00:00", 1700000000000, id="space-before-the-time"),
+        pytest.param("20231114T221320 0000", 1700000000000, id="basic-format"),
+    ],
+)
+def test_since_reads_a_plus_sign_the_url_turned_into_a_space(text, expected):
+    # `+` in a query string means a space: "...20+00:00" pasted into a URL arrives as "...20 00:00".
+    assert parse_since(text) == expected
+
+
+def test_since_reads_a_date_then_a_space_then_a_time_as_a_time_of_day():
+    # No time before the space, so it is no offset: 01:00 on that day, UTC.
+    assert parse_since("2023-11-14 01:00") == 1699920000000 + 3_600_000
+
+
 @pytest.mark.parametrize("text", ["", "yesterday", "-1", "1e9", "1969-12-31T23:59:59Z", "9" * 30])
 def test_bad_since_is_refused(text):
     with pytest.raises(InvalidArgumentError):
         parse_since(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param("yesterday", id="no-date"),
+        pytest.param("2023-11-14T22:13:20 0:00", id="short-offset"),
+        pytest.param("2023-11-14T22:13:20 25:00", id="offset-out-of-range"),
+        pytest.param("2023-11-14T22:13:20  00:00", id="two-spaces"),
+    ],
+)
+def test_bad_since_says_how_to_write_it_in_a_url(text):
+    with pytest.raises(InvalidArgumentError) as caught:
+        parse_since(text)
+    assert "%2B" in caught.value.message and repr(text) in caught.value.message
 
 
 def test_last_event_id_replaces_the_urls_topics_and_since():

@@ -48,6 +48,9 @@ class Command(BaseCommand):
         parser.add_argument("--backfill", type=int, default=0, help="events to produce at once before the stream")
         parser.add_argument("--count", type=int, default=0, help="stop after this many streamed events (0: never)")
         parser.add_argument("--seed", type=int, default=None, help="random seed, for repeatable data")
+        parser.add_argument(
+            "--no-stream", action="store_true", help="create the topic and produce the backfill, then exit"
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         if options["rate"] <= 0 or options["partitions"] < 1 or options["backfill"] < 0 or options["count"] < 0:
@@ -69,6 +72,9 @@ class Command(BaseCommand):
             self.produce(producer, topic, sample_event(rng, sequence))
             sequence += 1
         producer.flush(30)
+        if options["no_stream"]:
+            self.stdout.write(f"topic {topic!r} is there (backfilled {options['backfill']})")
+            return
         self.stdout.write(f"producing to {topic!r} at {options['rate']:g}/s (backfilled {options['backfill']})")
         interval = 1.0 / options["rate"]
         next_at = time.monotonic()
