@@ -8,7 +8,9 @@ transport where the server exposes one (daphne, uvicorn). The stream loop stops
 reading Kafka for a client whose backlog is over KASOCKI_MAX_BACKLOG_BYTES.
 
 The same ASGI wrapper ends a long-polling request whose client left mid-poll,
-which engine.io alone would not notice (see LongPollWatch).
+which engine.io alone would not notice (see LongPollWatch). It looks only at
+engine.io's requests and the HTTP streams: the site's own requests and websockets
+reach the site's application as they came, and their errors its server.
 """
 
 from __future__ import annotations
@@ -128,11 +130,14 @@ class LongPollWatch:
             logger.warning("watching a long-poll for its client leaving failed: %r", self._watcher.exception())
 
 
-def _long_poll_sid(scope: dict[str, Any], path: str | None) -> str | None:
-    """The engine.io session of a long-polling GET to ``path``; None for any other request."""
-    if scope["type"] != "http" or scope.get("method") != "GET" or path is None:
-        return None
-    if not (scope.get("path", "") + "/").startswith(path):
+def _under(scope: dict[str, Any], path: str | None) -> bool:
+    """Whether a request is for engine.io, mounted at ``path`` (None: engine.io takes every request)."""
+    return path is None or (scope.get("path", "") + "/").startswith(path)
+
+
+def _long_poll_sid(scope: dict[str, Any]) -> str | None:
+    """The engine.io session of a long-polling GET; None for any other engine.io request."""
+    if scope.get("method") != "GET":
         return None
     query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
     if query.get("transport", ["polling"])[0] != "polling":
@@ -151,13 +156,15 @@ class BacklogMeteredApp:
         self.serve_stream: Callable[[dict[str, Any], Any, Any], Awaitable[bool]] | None = None
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] not in ("websocket", "http"):
+            await self.app(scope, receive, send)
+            return
         try:
-            await self._serve(scope, receive, send)
+            if await self._serve_own(scope, receive, send):
+                return
         except Exception as exc:
             # Errors python-engineio lets escape on input it cannot parse (an undecodable
             # websocket frame, say): close that connection, keep the log to one line.
-            if scope["type"] not in ("websocket", "http"):
-                raise
             logger.warning("%s %s failed: %s: %s", scope["type"], scope.get("path"), type(exc).__name__, exc)
             with contextlib.suppress(Exception):
                 if scope["type"] == "websocket":
@@ -165,14 +172,26 @@ class BacklogMeteredApp:
                 else:
                     await send({"type": "http.response.start", "status": 400, "headers": []})
                     await send({"type": "http.response.body", "body": b"bad request"})
-
-    async def _serve(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+            return
+        # The site's own request or websocket (through socketio.ASGIApp, which hands it on untouched).
         if scope["type"] == "http":
-            await self._serve_http(scope, receive, send)
-            return
-        if scope["type"] != "websocket":
-            await self.app(scope, receive, send)
-            return
+            # An HTTP stream served by Django's view measures its backlog through the server's transport.
+            scope[SEND_KEY] = send
+        await self.app(scope, receive, send)
+
+    async def _serve_own(self, scope: dict[str, Any], receive: Any, send: Any) -> bool:
+        """Serve a request for engine.io or an HTTP stream; False (nothing done) for any other."""
+        if scope["type"] == "http" and self.serve_stream is not None and await self.serve_stream(scope, receive, send):
+            return True
+        if not _under(scope, getattr(self.app, "engineio_path", None)):
+            return False
+        if scope["type"] == "http":
+            await self._serve_polling(scope, receive, send)
+        else:
+            await self._serve_websocket(scope, receive, send)
+        return True
+
+    async def _serve_websocket(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         transport = server_transport(send)
         if transport is None:
             await self.app(scope, receive, send)
@@ -198,13 +217,9 @@ class BacklogMeteredApp:
             if session["sid"]:
                 _transports.pop(session["sid"], None)
 
-    async def _serve_http(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if self.serve_stream is not None and await self.serve_stream(scope, receive, send):
-            return
-        sid = _long_poll_sid(scope, getattr(self.app, "engineio_path", None))
+    async def _serve_polling(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        sid = _long_poll_sid(scope)
         if sid is None or self.sio is None:
-            # An HTTP stream served by Django's view measures its backlog through the server's transport.
-            scope[SEND_KEY] = send
             await self.app(scope, receive, send)
             return
         watch = LongPollWatch(receive, send, functools.partial(self._end_poll, sid))

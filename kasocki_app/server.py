@@ -1,4 +1,4 @@
-"""Builds the socket.io server and the ASGI application that serves it beside Django."""
+"""Builds the socket.io server and the ASGI application that serves it beside the site's own."""
 
 from __future__ import annotations
 
@@ -131,10 +131,14 @@ def build_server(service: Service | None = None) -> socketio.AsyncServer:
     return sio
 
 
-def build_asgi_application(django_application: Any, sio: socketio.AsyncServer | None = None) -> BacklogMeteredApp:
-    """socket.io at /socket.io/, HTTP streams at the app's ``kasocki:stream`` route, everything else to Django."""
+def build_asgi_application(site_application: Any, sio: socketio.AsyncServer | None = None) -> BacklogMeteredApp:
+    """socket.io at /socket.io/, HTTP streams at the app's ``kasocki:stream`` route, everything else to the site.
+
+    ``site_application`` is the ASGI application the site had: its Channels ``ProtocolTypeRouter``
+    (whose websocket consumers keep working), or Django's ``get_asgi_application()``.
+    """
     sio = sio or build_server()
-    app = BacklogMeteredApp(socketio.ASGIApp(sio, other_asgi_app=django_application, socketio_path="socket.io"))
+    app = BacklogMeteredApp(socketio.ASGIApp(sio, other_asgi_app=site_application, socketio_path="socket.io"))
     app.sio = sio
     app.serve_stream = sse_asgi.serve_if_stream
     return app
