@@ -62,9 +62,16 @@ class EventStream:
         self.body_started = asyncio.Event()
 
     def start_at(self, positions: list[Position], progress: Positions) -> None:
-        """Where the subscription starts; ``progress`` gives the positions while the stream holds nothing."""
+        """Where the subscription starts; ``progress`` gives the positions while the stream holds nothing.
+
+        Called before the stream starts: the first id is written here, ahead of every message,
+        so that it is the position the stream starts at whatever the stream emits before the
+        body is read (records waiting in a live tail's ring are emitted at once).
+        """
         self._ids = {(p.topic, p.partition): p.offset for p in positions}
         self._progress = progress
+        if not self.ndjson:
+            self._write(OK + self._id_event())
 
     # --- types.Outbound -------------------------------------------------------
 
@@ -111,8 +118,6 @@ class EventStream:
         """The bytes to write, as they come; ``on_end`` runs whatever ends the body (the client leaving too)."""
         self.body_started.set()
         try:
-            if not self.ndjson:
-                yield OK + self._id_event()
             progress_due = heartbeat_due = time.monotonic()
             while True:
                 if self._pending:
