@@ -59,6 +59,7 @@ class EventStream:
         self._ids: dict[tuple[str, int], int] = {}  # the next offset of every assigned partition
         self._progress: Positions = lambda: None
         self._last_message = self._last_heartbeat = time.monotonic()  # the last message (or id) and comment
+        self._started = False  # start_at was called: the first id is written
         self.body_started = asyncio.Event()
 
     def start_at(self, positions: list[Position], progress: Positions) -> None:
@@ -72,6 +73,20 @@ class EventStream:
         self._progress = progress
         if not self.ndjson:
             self._write(OK + self._id_event())
+        self._started = True
+
+    def finish(self) -> None:
+        """End the body after a last id-only event with the position reached: the server stops.
+
+        The client reconnects (an EventSource does when a response ends) and resumes from
+        that id on another server, missing and repeating nothing.
+        """
+        if self.ending:
+            return
+        if self._started and not self.ndjson:
+            self._take_progress()
+            self._write(self._id_event())
+        self._end()
 
     # --- types.Outbound -------------------------------------------------------
 
@@ -163,14 +178,20 @@ class EventStream:
 
     def _send_progress(self) -> None:
         """An id-only event with the positions reached, when the stream holds nothing not yet sent."""
-        positions = self._progress()
-        if positions is None:
+        if not self._take_progress():
             return
-        for tp, offset in positions.items():
-            self._ids[(tp.topic, tp.partition)] = offset
         self._last_message = time.monotonic()
         self._write(self._id_event())
         metrics.SSE_PROGRESS.inc()
+
+    def _take_progress(self) -> bool:
+        """Move the ids to the positions reached (past records a filter skipped) if the stream holds nothing."""
+        positions = self._progress()
+        if positions is None:
+            return False
+        for tp, offset in positions.items():
+            self._ids[(tp.topic, tp.partition)] = offset
+        return True
 
     def _error(self, error: dict[str, Any]) -> None:
         name = error.get("name")

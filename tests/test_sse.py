@@ -354,3 +354,26 @@ async def test_every_id_follows_the_messages_before_it_under_load(log, open_sse,
     assert events[0].data is None and positions_of(events[0].id) == start
     assert check_ids(start, events) == {("t", 0): 250, ("t", 1): 250}
     await body.close()
+
+
+async def test_finish_ends_the_body_after_an_id_at_the_position_after_what_was_sent():
+    stream = started(positions=[Position("t", 0, 3), Position("t", 1, 0)])
+    await stream.emit_message(("t", {"i": 3}, 0, 3))
+    stream.finish()  # the server stops
+    await stream.emit_message(("t", {"i": 4}, 0, 4))  # taken meanwhile: never sent, the id does not count it
+    events = parse_events(b"".join(await Body(stream).rest()))
+    assert [e.data is None for e in events] == [True, False, True]
+    assert positions_of(events[-1].id) == {("t", 0): 4, ("t", 1): 0}
+
+
+async def test_finish_takes_the_position_past_skipped_records_when_the_stream_holds_nothing():
+    stream = started(positions=[Position("t", 0, 3)], progress=lambda: {TopicPartition("t", 0): 9})
+    stream.finish()
+    events = parse_events(b"".join(await Body(stream).rest()))
+    assert [positions_of(e.id) for e in events] == [{("t", 0): 3}, {("t", 0): 9}]
+
+
+async def test_finish_writes_no_id_in_ndjson_or_before_the_stream_started():
+    for stream in (started(ndjson=True), EventStream(ndjson=False, transport=None)):
+        stream.finish()
+        assert await Body(stream).rest() == [] and stream.ending
