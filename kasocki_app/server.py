@@ -13,7 +13,7 @@ import socketio
 from engineio import packet as eio_packet
 from socketio import packet as sio_packet
 
-from . import collector, jsonshim, logs, sse_asgi
+from . import collector, jsonshim, logs, shutdown, sse_asgi
 from .conf import conf
 from .namespace import KasockiNamespace
 from .outbound import BacklogMeteredApp, unsent_bytes
@@ -137,4 +137,5 @@ def build_asgi_application(django_application: Any, sio: socketio.AsyncServer | 
     app = BacklogMeteredApp(socketio.ASGIApp(sio, other_asgi_app=django_application, socketio_path="socket.io"))
     app.sio = sio
     app.serve_stream = sse_asgi.serve_if_stream
+    app.admit = shutdown.GracefulStop(sio, app.app.engineio_path).admit
     return app

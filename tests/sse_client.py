@@ -86,6 +86,7 @@ class Stream:
         self._buffer = b""
         self.last_event_id = ""  # as an EventSource keeps it
         self.comments: list[str] = []
+        self.complete = False  # the body ended as it should (a chunked body's last chunk), not cut
 
     async def _head(self) -> None:
         status_line = await self._reader.readline()
@@ -108,12 +109,14 @@ class Stream:
                 return False
             size = int(size_line.split(b";")[0].strip() or b"0", 16)
             if size == 0:
+                self.complete = True
                 return False
             data = await self._reader.readexactly(size)
             await self._reader.readexactly(2)
             self._buffer += data
             return True
         if self._left == 0:
+            self.complete = True
             return False
         data = await self._reader.read(65536 if self._left < 0 else min(65536, self._left))
         if not data:
