@@ -101,7 +101,11 @@ class EventStream:
 
     async def emit_message(self, taken: Taken) -> None:
         topic, message, partition, offset = taken
-        self._ids[(topic, partition)] = offset + 1
+        key = (topic, partition)
+        # Never back: a message taken before an OffsetOutOfRangeError (reported first) is sent after it,
+        # and the position is then where reading went on, past what the log lost.
+        if offset >= self._ids.get(key, 0):
+            self._ids[key] = offset + 1
         self._write(self._message(encode(message)))
 
     def backlog(self) -> int:

@@ -204,6 +204,17 @@ async def test_errors_are_error_events_and_new_positions_join_the_id():
     await body.close()
 
 
+async def test_a_message_taken_before_a_lost_offset_sent_after_its_error_leaves_the_id_where_reading_went_on():
+    stream = started(positions=[Position("t", 0, 50)])
+    # Taken with the error record of offset 60 (retention moved the log's start to 100), reported first.
+    await stream.emit("err", {"name": "OffsetOutOfRangeError", "topic": "t", "partition": 0, "offset": 100})
+    await stream.emit_message(("t", {"i": 59}, 0, 59))
+    await stream.emit_message(("t", {"i": 100}, 0, 100))
+    await stream.disconnect()
+    events = parse_events(b"".join(await Body(stream).rest()))
+    assert [positions_of(e.id)[("t", 0)] for e in events if e.id] == [50, 100, 101]
+
+
 async def test_a_topic_leaving_ends_the_stream_with_an_id_without_it():
     stream = started(positions=[Position("t", 0, 3), Position("u", 0, 4)])
     await stream.emit("err", {"name": "TopicNotAvailableError", "topic": "t", "message": "gone"})
