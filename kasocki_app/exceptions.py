@@ -94,6 +94,10 @@ class OriginNotAllowedError(KasockiError):
     """A browser on another origin asked for an HTTP stream, and KASOCKI_ALLOWED_ORIGINS does not list it."""
 
 
+class ServerStoppingError(KasockiError):
+    """This server process is stopping (a restart or a deploy): connect again, to another one."""
+
+
 class KafkaError(KasockiError):
     """Kafka failed (broker unreachable, topic gone, ...); ``code`` is Kafka's error code name."""
 

@@ -154,8 +154,12 @@ class BacklogMeteredApp:
         self.sio: socketio.AsyncServer | None = None  # set by server.build_asgi_application
         # Answers the HTTP streams' route itself (sse_asgi.serve_if_stream); False: not a stream request.
         self.serve_stream: Callable[[dict[str, Any], Any, Any], Awaitable[bool]] | None = None
+        # Sees every call first (shutdown.GracefulStop.admit); False: it refused the call (the server stops).
+        self.admit: Callable[[dict[str, Any], Any, Any], Awaitable[bool]] | None = None
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if self.admit is not None and not await self.admit(scope, receive, send):
+            return
         if scope["type"] not in ("websocket", "http"):
             await self.app(scope, receive, send)
             return

@@ -13,7 +13,7 @@ import socketio
 from engineio import packet as eio_packet
 from socketio import packet as sio_packet
 
-from . import collector, jsonshim, logs, sse_asgi
+from . import collector, jsonshim, logs, shutdown, sse_asgi
 from .conf import conf
 from .namespace import KasockiNamespace
 from .outbound import BacklogMeteredApp, unsent_bytes
@@ -141,4 +141,5 @@ def build_asgi_application(site_application: Any, sio: socketio.AsyncServer | No
     app = BacklogMeteredApp(socketio.ASGIApp(sio, other_asgi_app=site_application, socketio_path="socket.io"))
     app.sio = sio
     app.serve_stream = sse_asgi.serve_if_stream
+    app.admit = shutdown.GracefulStop(sio, app.app.engineio_path).admit
     return app

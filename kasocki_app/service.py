@@ -60,6 +60,7 @@ class Service:
         self.watch = ClusterWatch(catalog, self.tail.nudge, lambda: bool(self.connections))
         # Process-wide tasks (the registry publisher), started lazily: daphne sends no lifespan events.
         self.background: set[asyncio.Task[Any]] = set()
+        self.stopping = False  # the server stops (shutdown.py): no new streams or connections
 
     def open(
         self,

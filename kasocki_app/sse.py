@@ -65,12 +65,34 @@ class EventStream:
         self._ids: dict[tuple[str, int], int] = {}  # the next offset of every assigned partition
         self._progress: Positions = lambda: None
         self._last_message = self._last_heartbeat = time.monotonic()  # the last message (or id) and comment
+        self._started = False  # start_at was called: the first id is written
         self.body_started = asyncio.Event()
 
     def start_at(self, positions: list[Position], progress: Positions) -> None:
-        """Where the subscription starts; ``progress`` gives the positions while the stream holds nothing."""
+        """Where the subscription starts; ``progress`` gives the positions while the stream holds nothing.
+
+        Called before the stream starts: the first id is written here, ahead of every message,
+        so that it is the position the stream starts at whatever the stream emits before the
+        body is read (records waiting in a live tail's ring are emitted at once).
+        """
         self._ids = {(p.topic, p.partition): p.offset for p in positions}
         self._progress = progress
+        if not self.ndjson:
+            self._write(OK + self._id_event())
+        self._started = True
+
+    def finish(self) -> None:
+        """End the body after a last id-only event with the position reached: the server stops.
+
+        The client reconnects (an EventSource does when a response ends) and resumes from
+        that id on another server, missing and repeating nothing.
+        """
+        if self.ending:
+            return
+        if self._started and not self.ndjson:
+            self._take_progress()
+            self._write(self._id_event())
+        self._end()
 
     # --- types.Outbound -------------------------------------------------------
 
@@ -85,7 +107,11 @@ class EventStream:
 
     async def emit_message(self, taken: Taken) -> None:
         topic, message, partition, offset = taken
-        self._ids[(topic, partition)] = offset + 1
+        key = (topic, partition)
+        # Never back: a message taken before an OffsetOutOfRangeError (reported first) is sent after it,
+        # and the position is then where reading went on, past what the log lost.
+        if offset >= self._ids.get(key, 0):
+            self._ids[key] = offset + 1
         self._write(self._message(encode(message)))
 
     def backlog(self) -> int:
@@ -117,8 +143,6 @@ class EventStream:
         """The bytes to write, as they come; ``on_end`` runs whatever ends the body (the client leaving too)."""
         self.body_started.set()
         try:
-            if not self.ndjson:
-                yield OK + self._id_event()
             progress_due = heartbeat_due = time.monotonic()
             while True:
                 if self._pending:
@@ -163,14 +187,20 @@ class EventStream:
 
     def _send_progress(self) -> None:
         """An id-only event with the positions reached, when the stream holds nothing not yet sent."""
-        positions = self._progress()
-        if positions is None:
+        if not self._take_progress():
             return
-        for tp, offset in positions.items():
-            self._ids[(tp.topic, tp.partition)] = offset
         self._last_message = time.monotonic()
         self._write(self._id_event())
         metrics.SSE_PROGRESS.inc()
+
+    def _take_progress(self) -> bool:
+        """Move the ids to the positions reached (past records a filter skipped) if the stream holds nothing."""
+        positions = self._progress()
+        if positions is None:
+            return False
+        for tp, offset in positions.items():
+            self._ids[(tp.topic, tp.partition)] = offset
+        return True
 
     def _error(self, error: dict[str, Any]) -> None:
         name = error.get("name")

@@ -34,12 +34,14 @@ from .exceptions import (
     KasockiError,
     OriginNotAllowedError,
     PartitionNotAvailableError,
+    ServerStoppingError,
     TooManyConnectionsError,
     TooManyConsumersError,
     TopicNotAvailableError,
 )
 from .outbound import SEND_KEY, ServerTransport, server_transport
 from .service import Service, process_service
+from .shutdown import stopping_error
 from .sse import EventStream
 from .sse_request import parse_stream_request
 from .stream import Phase
@@ -57,6 +59,7 @@ STATUSES: dict[type[KasockiError], int] = {
     TooManyConnectionsError: 429,
     TooManyConsumersError: 503,
     KafkaError: 503,
+    ServerStoppingError: 503,
     InternalError: 500,
 }
 EVENT_STREAM = "text/event-stream; charset=utf-8"
@@ -123,7 +126,8 @@ def refusal(error: KasockiError, cors: dict[str, str]) -> Answer:
     metrics.ERRORS.labels(error.name).inc()
     headers = {**cors, "Content-Type": "application/json"}
     if status in (429, 503):
-        headers["Retry-After"] = "1" if status == 429 else "5"
+        soon = status == 429 or isinstance(error, ServerStoppingError)  # another server answers at once
+        headers["Retry-After"] = "1" if soon else "5"
     if status == 401:
         headers["WWW-Authenticate"] = "Bearer"
     return Answer(status, headers, orjson.dumps(error.to_dict("stream")))
@@ -167,6 +171,8 @@ async def answer(query: StreamQuery, topics: str) -> Answer:
     except KasockiError as exc:
         return refusal(exc, cors)
     service = process_service()
+    if _stopping(service):
+        return refusal(stopping_error(), cors)
     address = address_behind_proxies(query.peer, query.headers.get("x-forwarded-for"))
     sid = "sse-" + secrets.token_urlsafe(12)
     logs.bind(sid, address)
@@ -193,6 +199,9 @@ async def answer(query: StreamQuery, topics: str) -> Answer:
     except BaseException:
         await service.close(sid)
         raise
+    if _stopping(service):  # it began while the server's stop ended the streams: it would not be ended
+        await service.close(sid)
+        return refusal(stopping_error(), cors)
     registry.ensure_started(service)
     connection.spawn(_close_unless_read(service, sid, outbound))
     logger.info("%s streams %s to %s as %s", sid, topics, address, principal.username or "anonymous")
@@ -235,6 +244,11 @@ async def _close_unless_read(service: Service, sid: str, outbound: EventStream) 
     except TimeoutError:
         logger.info("%s: the response was never written; closing", sid)
         await service.close(sid)
+
+
+def _stopping(service: Service) -> bool:
+    # A function: the flag changes while the request awaits, which mypy's narrowing does not see.
+    return service.stopping
 
 
 def _bearer(headers: Mapping[str, str]) -> dict[str, str] | None:

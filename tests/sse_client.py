@@ -26,6 +26,53 @@ class Event:
         return orjson.loads(self.data)
 
 
+Positions = dict[tuple[str, int], int]
+
+
+def positions_of(event_id: str | None) -> Positions:
+    """An event id as next offsets by (topic, partition)."""
+    assert event_id is not None
+    return {(e["topic"], e["partition"]): e["offset"] for e in orjson.loads(event_id)}
+
+
+def parse_events(body: bytes) -> list[Event]:
+    """The dispatched blocks of a whole SSE body (comments are dropped)."""
+    events = []
+    for block in body.decode().split("\n\n"):
+        kind, data, event_id = "", [], None
+        for line in block.split("\n"):
+            name, _, value = line.partition(":")
+            value = value[1:] if value.startswith(" ") else value
+            if name == "event":
+                kind = value
+            elif name == "data":
+                data.append(value)
+            elif name == "id":
+                event_id = value
+        if data or event_id is not None:
+            events.append(Event(kind or "message", "\n".join(data) if data else None, event_id))
+    return events
+
+
+def check_ids(start: Positions, events: list[Event]) -> Positions:
+    """Every id is the position after exactly what came before it: ``start``, then each message's offset + 1.
+
+    For streams without a filter over logs without holes (every offset a record): a message
+    must also be the next offset of its partition, so nothing is skipped or repeated.
+    Returns the position after the last event.
+    """
+    expected = dict(start)
+    for index, event in enumerate(events):
+        if event.event == "message" and event.data is not None:
+            where = event.json()["_kafka"]
+            tp = (where["topic"], where["partition"])
+            assert where["offset"] == expected[tp], (index, where, expected)
+            expected[tp] = where["offset"] + 1
+        if event.id is not None:
+            assert positions_of(event.id) == expected, (index, event, expected)
+    return expected
+
+
 class Stream:
     """One response: its status, headers, then its body as SSE events or NDJSON lines."""
 
@@ -39,6 +86,7 @@ class Stream:
         self._buffer = b""
         self.last_event_id = ""  # as an EventSource keeps it
         self.comments: list[str] = []
+        self.complete = False  # the body ended as it should (a chunked body's last chunk), not cut
 
     async def _head(self) -> None:
         status_line = await self._reader.readline()
@@ -61,12 +109,14 @@ class Stream:
                 return False
             size = int(size_line.split(b";")[0].strip() or b"0", 16)
             if size == 0:
+                self.complete = True
                 return False
             data = await self._reader.readexactly(size)
             await self._reader.readexactly(2)
             self._buffer += data
             return True
         if self._left == 0:
+            self.complete = True
             return False
         data = await self._reader.read(65536 if self._left < 0 else min(65536, self._left))
         if not data:

@@ -22,7 +22,7 @@ from kasocki_app.service import Service
 from kasocki_app.tailing import TailReader
 from tests.e2e import server_service, wait_until
 from tests.live_server import free_port
-from tests.sse_client import Stream, open_stream
+from tests.sse_client import Event, Stream, check_ids, open_stream, positions_of
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("live_tail")]
 
@@ -92,6 +92,43 @@ async def test_last_event_id_resumes_exactly_and_replaces_the_urls_topics(kafka,
     got = sorted(m["i"] for m in await again.messages(6))
     assert got == [4, 5, 6, 7, 8, 9] or got == [4, 5, 6, 7, 8, 10], got
     await again.close()
+
+
+async def test_every_id_follows_the_messages_before_it_when_resuming_in_the_ring(
+    kafka, make_topic, allow, asgi_server, live_tail
+):
+    """The first id is where the stream starts though the ring's records go out before the body begins."""
+    topic = make_topic(partitions=2)
+    allow(topic)
+    keeper = await opened(f"{asgi_server.url}/v2/stream/{topic}")  # the live tail reads the topic from here
+    for partition in (0, 1):
+        kafka.produce(topic, [{"i": i} for i in range(6)], partition=partition)
+    await keeper.messages(12)  # in the ring (with the live tail) when the next stream starts
+    await keeper.close()
+    start = {(topic, 0): 1, (topic, 1): 4}
+    last = orjson.dumps([{"topic": t, "partition": p, "offset": o} for (t, p), o in start.items()]).decode()
+    stream = await open_stream(f"{asgi_server.url}/v2/stream/{topic}", {"Last-Event-ID": last})
+    assert stream.status == 200
+
+    def more() -> None:  # records keep coming while the stream sends
+        for batch in range(5):
+            for partition in (0, 1):
+                kafka.produce(topic, [{"batch": batch}] * 100, partition=partition)
+
+    producing = asyncio.ensure_future(asyncio.to_thread(more))
+    events: list[Event] = []
+    seen: dict[tuple[str, int], int] = {}
+    while any(seen.get((topic, p), -1) < 505 for p in (0, 1)):
+        event = await stream.event()
+        assert event is not None
+        events.append(event)
+        if event.data is not None:
+            where = event.json()["_kafka"]
+            seen[(topic, where["partition"])] = where["offset"]
+    await producing
+    await stream.close()
+    assert events[0].data is None and positions_of(events[0].id) == start
+    assert check_ids(start, events) == {(topic, 0): 506, (topic, 1): 506}
 
 
 async def test_since_starts_every_partition_at_a_time(kafka, make_topic, allow, asgi_server):

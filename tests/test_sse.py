@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import orjson
 import pytest
 
+from kasocki_app import sse_view
+from kasocki_app.connection import Connection
 from kasocki_app.exceptions import InvalidArgumentError, InvalidAssignmentError, InvalidFilterError
 from kasocki_app.sse import PENDING_OVERHEAD, EventStream
 from kasocki_app.sse_request import parse_since, parse_stream_request, wants_ndjson
 from kasocki_app.types import Position, TopicPartition
+from tests.fakes import settle
+from tests.sse_client import Event, check_ids, parse_events, positions_of
 
 
 def parsed(topics: str = "a", headers: dict[str, str] | None = None, **query: str) -> Any:
@@ -236,6 +241,17 @@ async def test_errors_are_error_events_and_new_positions_join_the_id():
     await body.close()
 
 
+async def test_a_message_taken_before_a_lost_offset_sent_after_its_error_leaves_the_id_where_reading_went_on():
+    stream = started(positions=[Position("t", 0, 50)])
+    # Taken with the error record of offset 60 (retention moved the log's start to 100), reported first.
+    await stream.emit("err", {"name": "OffsetOutOfRangeError", "topic": "t", "partition": 0, "offset": 100})
+    await stream.emit_message(("t", {"i": 59}, 0, 59))
+    await stream.emit_message(("t", {"i": 100}, 0, 100))
+    await stream.disconnect()
+    events = parse_events(b"".join(await Body(stream).rest()))
+    assert [positions_of(e.id)[("t", 0)] for e in events if e.id] == [50, 100, 101]
+
+
 async def test_a_topic_leaving_ends_the_stream_with_an_id_without_it():
     stream = started(positions=[Position("t", 0, 3), Position("u", 0, 4)])
     await stream.emit("err", {"name": "TopicNotAvailableError", "topic": "t", "message": "gone"})
@@ -291,3 +307,121 @@ async def test_progress_events_take_the_positions_only_when_the_stream_holds_not
         chunk = await body.next()
     assert chunk.startswith(b'id: [{"topic":"t","partition":0,"offset":12}]\n\n')
     await body.close()
+
+
+# --- ids over a connection: the first is where the stream starts, each the position after what came before ---
+
+
+@pytest.fixture
+async def open_sse(log: Any, open_reader: Any, settings: Any, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Any]:
+    """Open HTTP streams over the fakes as sse_view does (subscribe, start), without the server."""
+    settings.KASOCKI_ASSIGNMENT_CHECK_SECONDS = 0
+    monkeypatch.setattr("kasocki_app.feed.WAIT_MAX_SECONDS", 60.0)
+    monkeypatch.setattr("kasocki_app.tail.WAIT_MAX_SECONDS", 60.0)
+    opened: list[Connection] = []
+
+    async def open_one(subscription: list[Any]) -> EventStream:
+        stream = EventStream(ndjson=False, transport=None)
+        connection = Connection(f"sse-{len(opened)}", stream, open_reader, log)
+        opened.append(connection)
+        await sse_view._begin(connection, None, subscription, stream)
+        return stream
+
+    yield open_one
+    for connection in opened:
+        await connection.close()
+
+
+class Events:
+    """The events of a body, read as far as asked."""
+
+    def __init__(self, body: Body) -> None:
+        self.body = body
+        self.data = b""
+
+    async def until(self, condition: Callable[[list[Event]], bool]) -> list[Event]:
+        while not condition(events := parse_events(self.data)):
+            self.data += await self.body.next()
+        return events
+
+
+def through(offsets: dict[tuple[str, int], int], then_progress: bool = False) -> Callable[[list[Event]], bool]:
+    """Until a message event of each partition at (or past) its offset (and an id-only event after)."""
+
+    def reached(events: list[Event]) -> bool:
+        seen = {(m["topic"], m["partition"]): m["offset"] for m in (e.json()["_kafka"] for e in events if e.data)}
+        if then_progress and (not events or events[-1].data is not None):
+            return False
+        return all(seen.get(tp, -1) >= offset for tp, offset in offsets.items())
+
+    return reached
+
+
+async def test_the_first_id_is_where_the_stream_starts_while_records_wait_in_the_ring(log, open_sse):
+    log.create_topic("t")
+    await open_sse(["t"])  # puts t/0 on the live tail (with one) at offset 0
+    log.produce("t", [{"i": i} for i in range(6)])
+    await settle()  # the records reach the ring
+    stream = await open_sse([{"topic": "t", "partition": 0, "offset": 1}])
+    await settle()  # as while the server sends the response's head: the stream emits what was ready
+    body = Body(stream)
+    events = await Events(body).until(through({("t", 0): 5}))
+    assert events[0].data is None and positions_of(events[0].id) == {("t", 0): 1}
+    assert check_ids({("t", 0): 1}, events) == {("t", 0): 6}
+    await body.close()
+
+
+async def test_every_id_follows_the_messages_before_it_under_load(log, open_sse, settings, monkeypatch):
+    settings.KASOCKI_MAX_BACKLOG_BYTES = 2_000  # pauses often: progress events fall between messages
+    settings.KASOCKI_SSE_PROGRESS_SECONDS = 0.001
+    settings.KASOCKI_CONSUME_BATCH_SIZE = 7
+    answer = log.available_topics
+
+    async def slowly(*args: Any, **kwargs: Any) -> dict[str, int]:
+        # A look at the cluster between taking records and emitting them takes a while: the
+        # body finds nothing pending then, and must not write the positions already taken.
+        await asyncio.sleep(0.002)
+        return await answer(*args, **kwargs)
+
+    monkeypatch.setattr(log, "available_topics", slowly)
+    log.create_topic("t", partitions=2)
+    await open_sse(["t"])
+    for partition in (0, 1):
+        log.produce("t", [{"i": i} for i in range(50)], partition=partition)
+    await settle()
+    start = {("t", 0): 3, ("t", 1): 40}
+    stream = await open_sse([{"topic": tp[0], "partition": tp[1], "offset": o} for tp, o in start.items()])
+    await settle()
+    body = Body(stream)
+    read, events = Events(body), []
+    for batch in range(1, 11):  # more records while the stream sends
+        for partition in (0, 1):
+            log.produce("t", [{"batch": batch}] * 20, partition=partition)
+        # Then a progress event (the stream is idle): each batch's is checked too.
+        events = await read.until(through({("t", 0): 49 + 20 * batch, ("t", 1): 49 + 20 * batch}, True))
+    assert events[0].data is None and positions_of(events[0].id) == start
+    assert check_ids(start, events) == {("t", 0): 250, ("t", 1): 250}
+    await body.close()
+
+
+async def test_finish_ends_the_body_after_an_id_at_the_position_after_what_was_sent():
+    stream = started(positions=[Position("t", 0, 3), Position("t", 1, 0)])
+    await stream.emit_message(("t", {"i": 3}, 0, 3))
+    stream.finish()  # the server stops
+    await stream.emit_message(("t", {"i": 4}, 0, 4))  # taken meanwhile: never sent, the id does not count it
+    events = parse_events(b"".join(await Body(stream).rest()))
+    assert [e.data is None for e in events] == [True, False, True]
+    assert positions_of(events[-1].id) == {("t", 0): 4, ("t", 1): 0}
+
+
+async def test_finish_takes_the_position_past_skipped_records_when_the_stream_holds_nothing():
+    stream = started(positions=[Position("t", 0, 3)], progress=lambda: {TopicPartition("t", 0): 9})
+    stream.finish()
+    events = parse_events(b"".join(await Body(stream).rest()))
+    assert [positions_of(e.id) for e in events] == [{("t", 0): 3}, {("t", 0): 9}]
+
+
+async def test_finish_writes_no_id_in_ndjson_or_before_the_stream_started():
+    for stream in (started(ndjson=True), EventStream(ndjson=False, transport=None)):
+        stream.finish()
+        assert await Body(stream).rest() == [] and stream.ending
