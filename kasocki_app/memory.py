@@ -69,7 +69,8 @@ class Trimmer:
 
     def _start(self) -> None:
         self._timer = None
-        if self._running is not None and not self._running.done():
+        running = self._running
+        if running is not None and not running.done() and running.get_loop() is asyncio.get_running_loop():
             self.soon()  # one at a time: again after this one
             return
         assert self._trim is not None
@@ -86,7 +87,7 @@ class Trimmer:
             self._timer.cancel()
             self._timer = None
         running, self._running = self._running, None
-        if running is not None:
+        if running is not None and running.get_loop() is asyncio.get_running_loop():
             await asyncio.gather(running, return_exceptions=True)
 
 
