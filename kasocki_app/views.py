@@ -14,6 +14,7 @@ from .access import address_behind_proxies
 from .cluster import cluster
 from .conf import conf
 from .exceptions import KafkaError
+from .service import process_service
 
 
 async def healthz(request: HttpRequest) -> JsonResponse:
@@ -21,22 +22,31 @@ async def healthz(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"status": "ok"})
 
 
+# Topics of KASOCKI_ALLOWED_TOPICS this process has seen in the cluster: readiness waits for each once.
+_seen: set[str] = set()
+
+
 async def readyz(request: HttpRequest) -> JsonResponse:
-    """200 when Kafka answers and every topic of KASOCKI_ALLOWED_TOPICS exists, else 503 with the reason.
+    """200 when Kafka answers and every topic of KASOCKI_ALLOWED_TOPICS was there, else 503 with the reason.
 
     Balancers poll it, so it reads the process's cached metadata (KASOCKI_METADATA_CACHE_SECONDS):
-    at most one metadata request per that period, however often it is asked. Topics of the admin's
-    whitelist are not awaited: admins change it at run time for every process at once, so a missing
-    one would take all processes out of the balancer together (docs/deployment.md).
+    at most one metadata request per that period, however often it is asked. A process waits for the
+    settings' topics once, at its start; one deleted later does not make it unready, or every process
+    would leave the balancer at once over one topic. Topics of the admin's whitelist are not awaited
+    for the same reason: admins change it for every process at once (docs/deployment.md). A process
+    that is stopping (shutdown.py) is unready: balancers send no new clients to it.
     """
+    if process_service().stopping:
+        return JsonResponse({"status": "unavailable", "reason": "the server is stopping"}, status=503)
     try:
         topics = await cluster.topics()
     except KafkaError as exc:
         return JsonResponse(
             {"status": "unavailable", "reason": exc.message, "code": exc.details.get("code")}, status=503
         )
+    _seen.update(name for name in conf.allowed_topics if name in topics)
     # Internal topics are never served (nor listed by cluster.topics()), so never awaited.
-    missing = sorted({name for name in conf.allowed_topics if name not in topics and not name.startswith("__")})
+    missing = sorted({name for name in conf.allowed_topics if name not in _seen and not name.startswith("__")})
     if missing:
         reason = f"topics of KASOCKI_ALLOWED_TOPICS missing from the cluster: {', '.join(missing)}"
         return JsonResponse({"status": "unavailable", "reason": reason, "missing": missing}, status=503)

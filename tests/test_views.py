@@ -13,6 +13,7 @@ import pytest
 from kasocki_app.cluster import cluster
 from kasocki_app.conf import conf
 from kasocki_app.models import WhitelistedTopic
+from kasocki_app.service import process_service
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -81,3 +82,29 @@ def test_readyz_costs_at_most_one_metadata_request_per_cache_period(kafka, asgi_
         assert get(f"{asgi_server.url}/readyz")[0] == 200
     periods = (time.monotonic() - began) / conf.metadata_cache_seconds
     assert fetches <= 1 + int(periods) + 1, f"{fetches} metadata requests in {periods:.1f} cache periods"
+
+
+def test_readyz_stays_ready_when_a_topic_it_waited_for_is_deleted_later(kafka, allow, asgi_server):
+    # One topic deleted must not take every process out of the balancer: its clients get
+    # TopicNotAvailableError, the others go on.
+    name = kafka.create_topic(prefix="test-deleted")
+    allow(name)
+    assert get(f"{asgi_server.url}/readyz")[0] == 200
+    kafka.delete_topics([name])
+    deadline = time.monotonic() + 30
+    while name in cluster._fetch_topics():  # until the cluster's metadata no longer has it
+        assert time.monotonic() < deadline, "the topic was never deleted"
+        time.sleep(0.2)
+    time.sleep(conf.metadata_cache_seconds)  # the process's cached metadata expires too
+    status, body = get(f"{asgi_server.url}/readyz")
+    assert status == 200 and body["status"] == "ok", body
+
+
+def test_readyz_is_unavailable_while_the_server_stops(kafka, asgi_server):
+    service = process_service()
+    service.stopping = True
+    try:
+        status, body = get(f"{asgi_server.url}/readyz")
+    finally:
+        service.stopping = False
+    assert status == 503 and body == {"status": "unavailable", "reason": "the server is stopping"}
