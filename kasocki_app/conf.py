@@ -22,7 +22,9 @@ DEFAULTS: dict[str, Any] = {
     "KASOCKI_KAFKA_TIMEOUT": 10.0,
     "KASOCKI_CONSUMER_CLOSE_TIMEOUT": 5.0,
     "KASOCKI_KAFKA_THREADS": 16,
-    "KASOCKI_CONSUME_BATCH_SIZE": 500,
+    # Records a stream takes and emits per step before other clients get their turn (and read per poll): with ten
+    # clients catching up, 500 made every round of the event loop ~0.5 s, and clients at the head waited as long.
+    "KASOCKI_CONSUME_BATCH_SIZE": 100,
     "KASOCKI_MAX_ASSIGNMENTS": 256,
     "KASOCKI_MAX_PARTITIONS": 256,
     "KASOCKI_MAX_FILTER_KEYS": 32,

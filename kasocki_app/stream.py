@@ -29,10 +29,6 @@ logger = logging.getLogger(__name__)
 
 # A stream paused this long for its client lets go of its reader's consumer (Feed.release).
 RELEASE_SECONDS = 1.0
-# Messages a stream emits before it lets the event loop run others: one step of a client catching up
-# must not hold up the clients at the head (measured with ten catching up: 500 per step made every
-# loop round ~0.5 s; the head clients' p99 went from ~6 ms to ~1 s).
-STEP_MESSAGES = 100
 
 
 class Phase(enum.Enum):
@@ -130,7 +126,7 @@ class Stream:
                 if self._outbound.backlog() > conf.max_backlog_bytes:
                     await self._wait_for_client()
                     continue
-                taken = await self._feed.take_for_stream(batch or STEP_MESSAGES)
+                taken = await self._feed.take_for_stream(batch or conf.consume_batch_size)
                 if not taken:
                     if not self._enter(Phase.IDLE):
                         continue  # stopped while taking

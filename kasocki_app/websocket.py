@@ -22,7 +22,7 @@ from engineio import exceptions, packet
 from engineio.async_socket import AsyncSocket
 
 # Packets a writer sends before it lets the event loop run others; as many as a stream emits in one
-# step (stream.STEP_MESSAGES), so that the writer keeps up with the stream it writes for.
+# step (KASOCKI_CONSUME_BATCH_SIZE's default), so that the writer keeps up with the stream it writes for.
 WRITES_PER_TURN = 100
 
 
