@@ -133,6 +133,31 @@ async def test_a_client_joins_the_tail_or_catches_up_by_where_it_starts(clients,
     assert clients.private_readers == []
 
 
+async def test_a_client_paused_for_its_backlog_lets_its_catch_up_consumer_go_and_reads_on_exactly(
+    clients, settings, monkeypatch
+):
+    # A stalled client kept its consumer's prefetch (megabytes) beside its backlog for as long as it stalled.
+    monkeypatch.setattr("kasocki_app.stream.RELEASE_SECONDS", 0.05)
+    settings.KASOCKI_MAX_BACKLOG_BYTES = 1000
+    settings.KASOCKI_CONSUME_BATCH_SIZE = 5  # read as it is sent: the catch-up lasts
+    clients.log.produce("t", numbered(50))
+    client, outbound = clients.connect()
+    await client.subscribe({"topic": "t", "partition": 0, "offset": 0})  # behind the ring, opened at 50
+    assert clients.private_readers == []  # subscribed, not reading: no consumer
+    await client.start(None)
+    await outbound.until(lambda: len(outbound.messages()) >= 3, "catching up")
+    assert len(clients.private_readers) == 1
+    outbound.backlog_bytes = 1001  # the client stops reading
+    await outbound.until(lambda: not clients.private_readers, "its consumer let go while it does not read")
+    assert len(outbound.messages()) < 50 and clients.state(client) == "catch-up"
+    outbound.backlog_bytes = 0  # it reads again: a new consumer, from where it was
+    await outbound.until(lambda: len(outbound.messages()) == 50, "the rest of the catch-up")
+    clients.log.produce("t", numbered(5, 50))
+    await outbound.until(lambda: len(outbound.messages()) == 55, "the ring's records")
+    assert offsets_of(outbound.messages()) == [("t", 0, o) for o in range(55)]
+    assert clients.state(client) == "tail" and clients.private_readers == []
+
+
 @pytest.mark.parametrize(("offset", "joins"), [(12, "catch-up"), (17, "tail")])
 async def test_a_timestamp_joins_where_its_offset_is(clients, offset, joins):
     await ring_of_15_to_19(clients)
