@@ -37,6 +37,7 @@ FIGURES: list[tuple[str, str, str, str]] = [
     ("catchup_storm", "13", "catch-up storm: until the last handover", "s"),
     ("filter_groups", "14", "filter groups: 20 filters (p99)", "ms"),
     ("full_reader", "15", "full-speed reader: server peak RSS growth", "MB"),
+    ("catchup_memory", "17", "10 clients catching up, every server/transport/mode: peak growth / bound", "x"),
 ]
 # Figure groups for --only: figures 1-10 are "core", the heavy scale figures from 11 on "scale".
 SCALE_FROM = 11
@@ -128,6 +129,10 @@ TARGETS = [
     Target("filter_groups", "filter groups: p99 <= 250 ms", "p99_ms", "<=", 250, 2000),
     Target("filter_groups", "filter groups: evaluations per record <= 20", "evaluations_per_record", "<=", 20, 2000),
     Target("full_reader", "full-speed reader: peak RSS growth <= 40 MB", "peak_growth_mb", "<=", 40),
+    Target("catchup_memory", "10 catching up: peak growth <= 10 x (cap + 4 MB), everywhere", "worst_peak_over_bound",
+           "<=", 1.0),
+    Target("catchup_memory", "10 catching up: RSS back within 20 % after they left, everywhere", "worst_left_pct",
+           "<=", 20),
 ]  # fmt: skip
 
 

@@ -39,7 +39,7 @@ if str(ROOT) not in sys.path:
 
 import orjson  # noqa: E402
 
-from bench import report, scale_run, workloads  # noqa: E402
+from bench import memory, report, scale_run, workloads  # noqa: E402
 from bench.kafka_setup import Topics, broker_port, produce_dataset, start_or_reuse_broker  # noqa: E402
 from bench.scale import FULL_SCALE, QUICK_SCALE, ScalePlan  # noqa: E402
 from bench.servers import (  # noqa: E402
@@ -422,6 +422,10 @@ class Bench:
             with self.measuring("fan_in"):
                 self.figures["fan_in"] = self.fan_in_figure()
 
+        if self.wanted("catchup_memory"):
+            with self.measuring("catchup_memory"):
+                self.figures["catchup_memory"] = self.catchup_memory_figure()
+
         scale_run.run(self, self.scale_plan, self.scale_topics, arun)
 
     def stream_figure(self, key: str, server: ServerProcess, batch: int | None) -> dict[str, Any]:
@@ -475,6 +479,24 @@ class Bench:
 
         rounds = self.rounds(one_round)
         return report.figure("slow_client", rounds, "growth_mb", messages_available=available)
+
+    def catchup_memory_figure(self) -> dict[str, Any]:
+        """Figure 17 (bench/memory.py): every server, transport and mode, one round each."""
+        quick = self.args.quick
+        rows = arun(
+            memory.run_servers(
+                self.bootstrap,
+                list(memory.SERVERS),
+                list(memory.TRANSPORTS),
+                list(memory.MODES),
+                memory.CLIENTS,
+                5.0 if quick else 15.0,
+                5.0 if quick else 10.0,
+                self.scratch,
+                lambda line: self.log("  " + line),
+            )
+        )
+        return report.figure("catchup_memory", [memory.worst(rows)], "worst_peak_over_bound", rows=rows)
 
     def fan_in_figure(self) -> dict[str, Any]:
         plan = self.plan

@@ -421,13 +421,16 @@ async def connect_storm(url: str, topic: str, clients: int, server_pid: int, bro
 
 
 async def slow_client(url: str, topic: str, partitions: int, seconds: float, server_pid: int) -> dict[str, Any]:
-    """Subscribe from offset 0, start, then stop reading; follow the server's RSS for ``seconds``."""
+    """Subscribe from offset 0, start, then stop reading; follow the server's RSS for ``seconds``.
+
+    The baseline is taken before the client connects: what its subscription costs (its consumer's
+    prefetch) is the client's, and a baseline taken after subscribing hid it (issue 17).
+    """
     stats = ProcessStats(server_pid)
+    baseline = stats.sample()
     client, _ = await connect_ready(url)
     try:
         await client.ok("subscribe", all_partitions(topic, partitions))
-        await asyncio.sleep(1.0)  # let librdkafka's bounded prefetch fill: it belongs to the baseline
-        baseline = stats.sample()
         read = 0
 
         def on_message(_message: Any) -> None:
