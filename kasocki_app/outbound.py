@@ -27,7 +27,7 @@ import orjson
 import socketio
 from engineio import packet as eio_packet
 
-from . import jsonshim, metrics
+from . import calls, jsonshim, metrics
 from .polling import queued_bytes
 from .types import Taken
 
@@ -164,8 +164,9 @@ class BacklogMeteredApp:
             await self.app(scope, receive, send)
             return
         try:
-            if await self._serve_own(scope, receive, send):
-                return
+            with calls.serving():
+                if await self._serve_own(scope, receive, send):
+                    return
         except Exception as exc:
             # Errors python-engineio lets escape on input it cannot parse (an undecodable
             # websocket frame, say): close that connection, keep the log to one line.

@@ -32,12 +32,13 @@ import functools
 import logging
 import signal
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
 import orjson
 
+from . import calls
 from .exceptions import ServerStoppingError
 from .outbound import server_transport
 from .service import process_service
@@ -56,19 +57,6 @@ LOOK_SECONDS = 0.01
 CUT_SECONDS = 1.0
 
 Handler = Callable[[int, FrameType | None], Any]
-
-_responses = 0  # HTTP stream responses being written (sse_asgi): the stop waits for their last chunk
-
-
-@contextlib.contextmanager
-def responding() -> Iterator[None]:
-    """Around the writing of a stream's response: a stop waits until it ended."""
-    global _responses
-    _responses += 1
-    try:
-        yield
-    finally:
-        _responses -= 1
 
 
 def stopping_error() -> ServerStoppingError:
@@ -159,8 +147,10 @@ class GracefulStop:
                 closing = [s.close(wait=False, abort=True) for s in list(self.sio.eio.sockets.values())]
                 sessions = len(closing)
                 await asyncio.gather(*closing, return_exceptions=True)
-                # Polled: nothing notifies the end of a connection's close or of a response's last chunk.
-                while service.connections or _responses:
+                # Polled: nothing notifies the end of a connection's close or of a call's return. Waiting for
+                # the calls (a stream's last chunk, a websocket's close) leaves nothing suspended when the
+                # server stops its loop (calls.py: the exiting interpreter crashed on such a call).
+                while service.connections or calls.in_progress():
                     await asyncio.sleep(LOOK_SECONDS)
         except TimeoutError:
             left = list(service.connections.values())
@@ -168,6 +158,10 @@ class GracefulStop:
             for connection in left:
                 with contextlib.suppress(Exception):
                     await connection.outbound.abort()
+            with contextlib.suppress(TimeoutError):  # the calls of the connections cut return in a moment
+                async with asyncio.timeout(CUT_SECONDS):
+                    while calls.in_progress():
+                        await asyncio.sleep(LOOK_SECONDS)
         logger.info("ended %d streams and %d socket.io sessions in %.2fs", streams, sessions, loop.time() - began)
         try:
             async with asyncio.timeout(SERVICE_SECONDS):

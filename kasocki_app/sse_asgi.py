@@ -20,7 +20,7 @@ from django.conf import settings
 from django.http.request import split_domain_port, validate_host
 from django.urls import Resolver404, resolve
 
-from . import shutdown, sse_view
+from . import sse_view
 from .exceptions import InternalError
 from .outbound import server_transport
 
@@ -98,18 +98,17 @@ async def serve(scope: dict[str, Any], receive: Any, send: Any, topics: str) -> 
     if answer.body is None:
         await send({"type": "http.response.body", "body": answer.content})
         return
-    with shutdown.responding():
-        writer = asyncio.ensure_future(_write(answer.body, send))
-        watcher = asyncio.ensure_future(_until_disconnect(receive))
-        try:
-            await asyncio.wait({writer, watcher}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in (writer, watcher):
-                task.cancel()
-            results = await asyncio.gather(writer, watcher, return_exceptions=True)
-            for result in results:
-                if isinstance(result, Exception):
-                    logger.warning("stream response failed: %s: %s", type(result).__name__, result)
+    writer = asyncio.ensure_future(_write(answer.body, send))
+    watcher = asyncio.ensure_future(_until_disconnect(receive))
+    try:
+        await asyncio.wait({writer, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (writer, watcher):
+            task.cancel()
+        results = await asyncio.gather(writer, watcher, return_exceptions=True)
+        for result in results:
+            if isinstance(result, Exception):
+                logger.warning("stream response failed: %s: %s", type(result).__name__, result)
 
 
 async def _write(body: AsyncIterator[bytes], send: Any) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 import pytest
 
-from kasocki_app import shutdown, sse_view
+from kasocki_app import calls, shutdown, sse_view
 from kasocki_app.service import Service
 from kasocki_app.sse import EventStream
 from tests.fakes import FakeOutbound, settle
@@ -121,12 +121,13 @@ async def test_a_stop_ends_streams_after_a_last_id_and_closes_sessions_without_a
     assert service.tail.closed and not service.watch.running  # the service stopped too
 
 
-async def test_a_stop_waits_for_the_last_chunk_of_each_stream_response(service):
-    # A stream's connection closes before its response writes the last chunk: the server must not stop in between.
+async def test_a_stop_waits_for_the_apps_own_calls_to_return(service):
+    # A stream's connection closes before its response writes the last chunk, a websocket's before its call
+    # returns: the server must not stop its loop in between (calls.py).
     released = asyncio.Event()
 
     async def respond() -> None:
-        with shutdown.responding():
+        with calls.serving():
             await released.wait()
 
     response = asyncio.ensure_future(respond())
