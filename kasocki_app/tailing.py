@@ -234,7 +234,9 @@ class TailReader:
         catchup = self._catchup
         if catchup.carried and len(taken) < limit:
             taken += self._accept(catchup.take_carried(limit - len(taken)))
-        if len(taken) < limit and self._behind:
+        # Only once all it brought is out: records dropped on the way (a handover) can leave room with some
+        # still carried, and what the consumer reads now comes after them.
+        if len(taken) < limit and self._behind and not catchup.carried:
             # What was taken above is handed out whatever this read meets: its offsets moved on.
             taken += self._accept(await catchup.read_at_once(limit - len(taken), holding=bool(taken)))
         return taken
