@@ -132,17 +132,23 @@ async def test_many_clients_at_every_kind_of_position_each_receive_exactly_their
                 await reader.open(asgi_server.url, reader.next_offsets(), batch=None)
 
     producer = asyncio.ensure_future(produce())
-    await asyncio.gather(*(run(reader, i) for i, reader in enumerate(readers)))
-    await producer
-    ends = dict.fromkeys(range(PARTITIONS), BEFORE + DURING)
-    staying = [r for r in readers if r.kind != "leaves"]
-    for reader in staying:
-        reader.ends = ends
-        reader.check_done()
-    await asyncio.wait_for(asyncio.gather(*(r.done.wait() for r in staying)), 60)
-    figures = metrics(asgi_server.url)
-    for reader in readers:
-        await reader.close()
+    runs = [asyncio.ensure_future(run(reader, i)) for i, reader in enumerate(readers)]
+    try:
+        await asyncio.gather(*runs)
+        await producer
+        ends = dict.fromkeys(range(PARTITIONS), BEFORE + DURING)
+        staying = [r for r in readers if r.kind != "leaves"]
+        for reader in staying:
+            reader.ends = ends
+            reader.check_done()
+        await asyncio.wait_for(asyncio.gather(*(r.done.wait() for r in staying)), 60)
+        figures = metrics(asgi_server.url)
+    finally:  # whatever failed: no client left open (or still opening) for the tests after this one
+        for task in (*runs, producer):
+            task.cancel()
+        await asyncio.gather(*runs, producer, return_exceptions=True)
+        for reader in readers:
+            await reader.close()
 
     for reader in readers:
         assert reader.errors == [], reader.kind

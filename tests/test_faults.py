@@ -304,6 +304,7 @@ async def test_hanging_closes_do_not_starve_other_kafka_calls(
     for client in clients:
         await client.next("ready")
         await client.ok("subscribe", {"topic": topic, "partition": 0, "offset": 0})
+        assert (await client.ok("consume", None))["i"] == 0  # read: a consumer of its own, closed when done
     for client in clients:
         await client.close()
     await wait_until(lambda: hanging_close.entered == workers, what="every close began")
