@@ -54,16 +54,18 @@ CONSUMER_OVERRIDES: dict[str, Any] = {
 # in KASOCKI_KAFKA_CONFIG). librdkafka prefetches up to queued.max.messages.kbytes
 # (64 MB by default) per consumer, and one more fetch response (fetch.max.bytes,
 # default 50 MB) beyond it: with hundreds of clients that is gigabytes. A client
-# catching up must cost at most its backlog cap and a few MB, so 1 MB of each
-# (measured: a consumer held 3.4 MB with 2 MB of each; one reader's throughput
-# did not change). queued.min.messages (default 100k) is lowered to match.
+# catching up must cost at most its backlog cap and a few MB: 512 KB queued and
+# fetches of 1 MB (measured: a consumer held 3.4 MB with 2 MB of each; ten stalled
+# clients peaked 17 MB lower with 512 KB than with 1 MB; one consumer alone reads
+# ~150,000 msg/s of 1 KB with it, ~165,000 with 1 MB, far above what a client gets
+# from the server). queued.min.messages (default 100k) is lowered to match.
 # With a small queue, librdkafka waits fetch.queue.backoff.ms (default 1000) before
 # fetching again once the queue was full: that alone capped a client at ~3k msg/s.
 # See https://github.com/confluentinc/librdkafka/blob/master/CONFIGURATION.md
 CONSUMER_DEFAULTS: dict[str, Any] = {
     "client.id": "kasocki",
-    "queued.max.messages.kbytes": 1024,
-    "queued.min.messages": 1000,
+    "queued.max.messages.kbytes": 512,
+    "queued.min.messages": 500,
     "fetch.queue.backoff.ms": 5,
     "fetch.max.bytes": 1024 * 1024,  # at least message.max.bytes (1,000,000)
     "socket.nagle.disable": True,
