@@ -134,9 +134,10 @@ class Probe:
         now = time.time()
         self.samples.append((time.monotonic(), now - message["sent_at"]))
 
-    def p99_ms(self, since: float, until: float) -> tuple[float, int]:
+    def percentiles_ms(self, since: float, until: float) -> tuple[float, float, int]:
+        """p50, p99 of the latencies seen in [since, until), and how many."""
         window = [latency for at, latency in self.samples if since <= at < until]
-        return round(percentile(window, 99) * 1000, 1), len(window)
+        return round(percentile(window, 50) * 1000, 1), round(percentile(window, 99) * 1000, 1), len(window)
 
     async def close(self) -> None:
         if self.client is not None:
@@ -187,8 +188,8 @@ async def combination(
     mb = 2**20
     bound = clients * (CAP_MB + ALLOWANCE_MB)
     growth = (result["peak"] - baseline) / mb
-    p99_before, _ = probe.p99_ms(quiet_since, began)
-    p99_during, probed = probe.p99_ms(began, ended)
+    _p50_before, p99_before, _ = probe.percentiles_ms(quiet_since, began)
+    p50_during, p99_during, probed = probe.percentiles_ms(began, ended)
     return {
         "server": server.name,
         "transport": transport,
@@ -201,6 +202,7 @@ async def combination(
         "left_pct": round(100 * (after - baseline) / baseline, 1),
         "messages_received": result["received"],
         "probe_p99_before_ms": p99_before,
+        "probe_p50_during_ms": p50_during,
         "probe_p99_during_ms": p99_during,
         "probe_messages": probed,
         "failures": result["failures"][:3],
@@ -293,7 +295,8 @@ def summary(row: dict[str, Any]) -> str:
         f"baseline {row['baseline_mb']:6.1f} MB, "
         f"peak +{row['peak_growth_mb']:6.1f} MB (<= {row['bound_mb']:.0f}: {peak}), "
         f"10 s after leaving {row['left_pct']:+5.1f} % (<= 20 %: {release}), "
-        f"probe p99 {row['probe_p99_before_ms']} -> {row['probe_p99_during_ms']} ms, "
+        f"probe p99 {row['probe_p99_before_ms']} -> {row['probe_p99_during_ms']} ms "
+        f"(p50 {row['probe_p50_during_ms']}), "
         f"{row['messages_received']} msgs"
         + (f"; failed: {row['failures']}" if row["failures"] else "")
         + f"\n    growth by second (MB): {row['growth_by_second_mb']}"
