@@ -13,8 +13,6 @@ import gc
 import os
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -27,22 +25,13 @@ from kasocki_app.conf import conf
 from kasocki_app.kafka import ConsumerCounts
 from scripts import kafka as broker_script
 from scripts.kafka_topics import KafkaTopics
-from tests.e2e import server_service, wait_until
+from tests.e2e import http_status, server_service, wait_until
 from tests.live_server import free_port
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 # How much longer than KASOCKI_KAFKA_TIMEOUT an answer may take on a loaded 2-core machine.
 MARGIN = 3.0
-
-
-def http_status(url: str) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as response:
-            return response.status
-    except urllib.error.HTTPError as exc:
-        with exc:  # the error holds the response's connection
-            return exc.code
 
 
 class DedicatedBroker:

@@ -14,19 +14,11 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+from tests.e2e import http_status
 from tests.live_server import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT = 90.0
-
-
-def status_of(url: str) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as response:
-            return response.status
-    except urllib.error.HTTPError as exc:
-        with exc:  # the error holds the response's connection
-            return exc.code
 
 
 class Output:
@@ -92,11 +84,11 @@ def test_make_run_serves_the_demo_topic_once_it_says_so_and_logs_each_request_on
     try:
         output.wait_for(f"Serving Kasocki on http://{address}", START_TIMEOUT)
         # At once, as a user who read that line: ready, and the demo topic is there.
-        assert status_of(f"http://{address}/readyz") == 200
+        assert http_status(f"http://{address}/readyz") == 200
         with urllib.request.urlopen(f"http://{address}/v2/stream/{topic}", timeout=10) as stream:
             assert stream.status == 200 and stream.read(3) == b":ok"
-        assert status_of(f"http://{address}/healthz?probe={probe}") == 200
-        assert status_of(f"http://{address}/no-such-page-{probe}") == 404
+        assert http_status(f"http://{address}/healthz?probe={probe}") == 200
+        assert http_status(f"http://{address}/no-such-page-{probe}") == 404
         output.wait_for(f"GET /no-such-page-{probe} 404", 10)
     finally:
         os.killpg(process.pid, signal.SIGINT)

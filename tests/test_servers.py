@@ -7,8 +7,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,7 @@ from django.db import connections
 
 from kasocki_app.models import WhitelistedTopic
 from tests.clients import RecordingClient
+from tests.e2e import http_status
 from tests.live_server import free_port
 from tests.rawws import RawWebSocket
 from tests.sse_client import open_stream
@@ -32,15 +31,6 @@ COMMANDS = {
     "daphne": [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", "{port}", "kasocki_project.asgi:application"],
     "uvicorn": [sys.executable, "-m", "uvicorn", "--port", "{port}", "kasocki_project.asgi:application"],
 }
-
-
-def get(url: str) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as response:
-            return response.status
-    except urllib.error.HTTPError as exc:
-        with exc:  # the error holds the response's connection
-            return exc.code
 
 
 class ServerProcess:
@@ -62,7 +52,7 @@ class ServerProcess:
         deadline = time.monotonic() + 60
         while True:
             try:
-                if get(f"{self.url}/healthz") == 200:
+                if http_status(f"{self.url}/healthz") == 200:
                     break
             except OSError:
                 pass
@@ -92,9 +82,9 @@ def server(request, kafka, transactional_db) -> Iterator[ServerProcess]:
 
 async def test_server_serves_django_socketio_and_streams(server, kafka, make_topic):
     topic = make_topic()
-    assert get(f"{server.url}/healthz") == 200
-    assert get(f"{server.url}/readyz") == 200
-    assert get(f"{server.url}/admin/login/") == 200
+    assert http_status(f"{server.url}/healthz") == 200
+    assert http_status(f"{server.url}/readyz") == 200
+    assert http_status(f"{server.url}/admin/login/") == 200
     # The whitelist in the admin's database reaches the server process within 5 seconds.
     await WhitelistedTopic.objects.acreate(topic=topic)
     for transports in (["websocket"], ["polling"]):
