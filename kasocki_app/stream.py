@@ -136,7 +136,7 @@ class Stream:
                         self._back_to_running(Phase.IDLE)
                     continue
                 await self._emit(taken, batch)
-                del taken  # sent: not kept while the loop waits (a batch of a catch-up is megabytes)
+                del taken  # sent: its decoded messages are not kept while the loop waits or pauses
                 # engine.io's send does not yield, and a ring has thousands of records ready: without
                 # this, a stop or a consume that arrived would wait until the whole backlog was sent.
                 await asyncio.sleep(0)
